@@ -1,0 +1,207 @@
+"""``runbook [--inventory PATH] [--yes] [--json] ENV PLAYBOOK [OPTIONS]``: parse, load, run, report.
+
+The CLI only parses, loads and validates everything (inventory, playbook, Alembic project,
+verification files, flags) before anything connects, then hands the run to the engine and maps the
+outcome to the exit codes of the README. A RunbookError is one clear line (and what to do next);
+anything else is an internal error and shows its traceback. Heavy imports happen after parsing so
+``runbook --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+EXIT_OK, EXIT_ROLLED_BACK, EXIT_USAGE, EXIT_NEEDS_PERSON, EXIT_REFUSED = 0, 1, 2, 3, 4
+
+EPILOG = """\b
+Playbooks: migrate, rollback, status, backup, verify (files in playbooks/).
+\b
+Exit codes:
+  0  done, verified
+  1  failed, and rolled back: the database is as it was before the run
+  2  bad usage, configuration or input: nothing was touched
+  3  failed and the rollback did not complete: a person is needed
+  4  refused by a guard (another run in progress, blockers under policy abort): nothing touched
+"""
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+               epilog=EPILOG)
+@click.option("--inventory", "-i", "inventory_path", metavar="PATH", envvar="RUNBOOK_INVENTORY",
+              default="inventory.yaml", show_default=True, help="Inventory file ($RUNBOOK_INVENTORY).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask; required for protected environments without a TTY.")
+@click.option("--json", "json_out", is_flag=True, help="JSON lines on stdout instead of readable output.")
+@click.option("--to", metavar="REV", help="Target revision (migrate: default head; rollback: see README).")
+@click.option("--dry-run", is_flag=True, help="Show the plan, the SQL and the locks it takes; change nothing.")
+@click.option("--restore", metavar="BACKUP", is_flag=False, flag_value="newest", default=None,
+              help="rollback: restore BACKUP (default: the newest verified backup).")
+@click.argument("env")
+@click.argument("playbook")
+@click.version_option(package_name="runbook")
+def cli(inventory_path: str, yes: bool, json_out: bool, to: str | None, dry_run: bool,
+        restore: str | None, env: str, playbook: str) -> None:
+    """Run PLAYBOOK against the databases of environment ENV.
+
+    \b
+      runbook prod migrate             backup, check locks, upgrade head, verify; roll back on failure
+      runbook prod migrate --dry-run   the plan, SQL and locks; changes nothing
+      runbook local migrate            the embedded default: a throwaway local PostgreSQL
+    """
+    from .context import Options
+
+    options = Options(to=to, dry_run=dry_run, yes=yes, restore=restore, json=json_out)
+    code = execute(Path(inventory_path), env, playbook, options, argv=sys.argv[1:])
+    sys.exit(code)
+
+
+def _say(options: Any, text: str, *, err: bool = False) -> None:
+    if options.json:
+        import json
+
+        click.echo(json.dumps({"event": "message", "text": text}), err=False)
+    else:
+        click.echo(text, err=err)
+
+
+def execute(inventory_path: Path, env_name: str, playbook_name: str, options: Any,
+            argv: list[str] | None = None, sleep: Any = None) -> int:
+    """Load, validate, run; returns the exit code. Usable from tests without a subprocess."""
+    from . import log
+    from .errors import RunbookError
+
+    log.configure(json_stdout=options.json, tty=sys.stderr.isatty())
+    try:
+        plan = _plan(inventory_path, env_name, playbook_name, options)
+    except RunbookError as exc:
+        _error(options, exc)
+        return exc.exit_code
+    if options.dry_run:
+        from .dryrun import render
+
+        try:
+            return render(plan, options)
+        except RunbookError as exc:
+            _error(options, exc)
+            return exc.exit_code
+    return _run(plan, options, argv or [], sleep)
+
+
+def _error(options: Any, exc: Any) -> None:
+    text = log_safe(f"runbook: error: {exc}")
+    _say(options, text, err=True)
+    if getattr(exc, "hint", None):
+        _say(options, log_safe(f"runbook: next: {exc.hint}"), err=True)
+
+
+def log_safe(text: str) -> str:
+    from .log import REDACTOR
+
+    return str(REDACTOR.scrub(text))
+
+
+class Plan:
+    """Everything loaded and validated before anything connects."""
+
+    def __init__(self, env: Any, playbook: Any, migrations: Any) -> None:
+        self.env = env
+        self.playbook = playbook
+        self.migrations = migrations
+
+
+def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any) -> Plan:
+    from . import inventory, playbook
+    from .errors import ConfigError
+    from .log import REDACTOR
+    from .migrations import Migrations
+    from .steps import verify
+
+    inv = inventory.load(inventory_path)
+    env = inv.environment(env_name)
+    REDACTOR.add(*env.secrets())
+    pb = playbook.load(playbook.find(playbook_name, inv.path.parent))
+    if env.config.alembic.remote:
+        raise ConfigError("alembic.remote is not supported yet: drive the project's Alembic in-process "
+                          "with alembic.config", path=str(inv.path))
+    migrations = Migrations(env.alembic_ini)
+    verify.load_all(migrations)
+    if options.to:
+        migrations.resolve(options.to)
+    if options.restore is not None and pb.name != "rollback":
+        raise ConfigError("--restore only applies to the rollback playbook")
+    _confirm(env, options)
+    return Plan(env, pb, migrations)
+
+
+def _confirm(env: Any, options: Any) -> None:
+    from .errors import ConfigError
+
+    if not env.protected or options.yes or options.dry_run:
+        return
+    if not sys.stdin.isatty():
+        raise ConfigError(f"environment '{env.name}' is protected: pass --yes to run without a terminal")
+    typed = click.prompt(f"Environment '{env.name}' is protected. Type its name to go on", default="",
+                         show_default=False)
+    if typed.strip() != env.name:
+        raise ConfigError(f"confirmation did not match '{env.name}': nothing was done")
+
+
+def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
+    import structlog
+
+    from . import journal as journal_mod
+    from .engine import Engine
+    from .errors import RunbookError
+    from .log import RUN_LOG
+
+    env = plan.env
+    run_id = journal_mod.new_run_id()
+    jr = journal_mod.Journal(env.state_dir, run_id, env.name, plan.playbook.name, argv)
+    RUN_LOG.open(jr.log_path)
+    jr.save()
+    logger = structlog.get_logger("runbook")
+    kwargs = {"sleep": sleep} if sleep is not None else {}
+    with structlog.contextvars.bound_contextvars(run_id=run_id, env=env.name):
+        logger.info("run_requested", playbook=plan.playbook.name, to=options.to,
+                    hosts=[h.name for h in env.hosts], log=str(jr.log_path))
+        try:
+            outcome = Engine(env, plan.playbook, options, jr, plan.migrations, **kwargs).run()
+        except RunbookError as exc:
+            code = exc.exit_code
+            logger.error("run_finished", exit_code=code, status="refused" if code in (2, 4) else "failed",
+                         error=str(exc))
+            jr.finish("refused" if code in (2, 4) else "failed", code)
+            RUN_LOG.close()
+            _error(options, exc)
+            return code
+        except BaseException:
+            logger.exception("internal_error")
+            jr.finish("internal_error", EXIT_NEEDS_PERSON)
+            RUN_LOG.close()
+            raise
+        logger.info("run_finished", exit_code=outcome.code, status=outcome.status,
+                    message=outcome.message, next=outcome.next_command)
+        jr.finish(outcome.status, outcome.code)
+    RUN_LOG.close()
+    if not options.json:
+        stream_err = outcome.code != 0
+        click.echo(log_safe(f"runbook: {outcome.message}"), err=stream_err)
+        if outcome.next_command:
+            click.echo(log_safe(f"runbook: next: {outcome.next_command}"), err=stream_err)
+        click.echo(f"runbook: run log {jr.log_path}", err=stream_err)
+    return outcome.code
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except KeyboardInterrupt:
+        click.echo("runbook: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

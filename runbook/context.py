@@ -1,0 +1,92 @@
+"""What a step sees of its run: the host, its transport and database, the facts gathered so far."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .inventory import Database, Environment, Host
+from .journal import Journal
+from .migrations import Migrations
+from .postgres import Endpoint
+from .transports.base import Transport
+
+
+@dataclass
+class Options:
+    """Command-line choices that change what steps do."""
+
+    to: str | None = None
+    dry_run: bool = False
+    yes: bool = False
+    restore: str | None = None
+    json: bool = False
+
+
+@dataclass
+class Backup:
+    """A verified backup on the database host."""
+
+    path: str
+    size: int
+    sha256: str
+    revision: str
+    created: str
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    def fact(self) -> dict[str, Any]:
+        return {"backup_path": self.path, "backup_size": self.size, "backup_sha256": self.sha256,
+                "backup_revision": self.revision}
+
+
+@dataclass
+class Context:
+    """One run on one host."""
+
+    run_id: str
+    env: Environment
+    host: Host
+    options: Options
+    journal: Journal
+    transport: Transport
+    database: Database
+    endpoint: Endpoint
+    migrations: Migrations
+    log: Any
+    pg_bin: str | None = None
+    backup_dir: str = ""
+    start: tuple[str, ...] = ()
+    facts: dict[str, bool] = field(default_factory=dict)
+    backup: Backup | None = None
+    backups: list[Backup] = field(default_factory=list)
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+
+    @property
+    def locks(self) -> Any:
+        return self.env.config.locks
+
+    def settings(self, lock_timeout: float | None = None) -> dict[str, str]:
+        """Session settings of every connection that may take locks."""
+        from .units import pg_ms
+
+        out = {"lock_timeout": pg_ms(self.locks.lock_timeout if lock_timeout is None else lock_timeout)}
+        if self.locks.statement_timeout:
+            out["statement_timeout"] = pg_ms(self.locks.statement_timeout)
+        return out
+
+    def connect(self, purpose: str, **kw: Any) -> Any:
+        from . import postgres
+
+        return postgres.connect(self.endpoint, purpose=f"{purpose} {self.run_id}", **kw)
+
+    def current(self) -> tuple[str, ...]:
+        """alembic_version read back from the database, on a connection of its own."""
+        from . import postgres
+
+        with self.connect("read") as conn:
+            return postgres.current_revisions(conn)

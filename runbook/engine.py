@@ -1,0 +1,336 @@
+"""Plan -> run -> on failure: the playbook's rollback steps -> always: the journal and the outcome.
+
+The engine owns a run on each host: it connects (transport, tunnel), takes the run lock on its own
+session, records the start revision, runs the playbook's steps, and on any failure runs the
+``on_failure`` steps under their conditions. The outcome is read back from the database, never
+assumed: exit 1 only if the database is at the start revision again and the rollback verified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import structlog
+
+from . import journal as journal_mod
+from .context import Context, Options
+from .errors import (ConnectError, GuardRefused, RunbookError, StepError)
+from .inventory import Database, Environment, Host
+from .journal import Journal
+from .migrations import Migrations, fmt
+from .playbook import Playbook, Step
+from .postgres import Endpoint
+from .transports.base import Transport, Tunnel
+
+LOCK_CLASS, LOCK_OBJ = 0x72756E62, 1  # 'runb': the run lock's advisory key
+
+
+@dataclass
+class Outcome:
+    """How a run ended: the exit code and the lines a person reads last."""
+
+    code: int
+    status: str
+    message: str
+    next_command: str | None = None
+
+
+class RunLock:
+    """A PostgreSQL advisory lock held on a session of its own for the whole run (released if we die)."""
+
+    def __init__(self, endpoint: Endpoint, run_id: str) -> None:
+        self.endpoint = endpoint
+        self.run_id = run_id
+        self.conn: Any = None
+
+    def acquire(self) -> None:
+        from . import postgres
+
+        who = f"lock {self.run_id} {socket.gethostname()}:{os.getpid()}"
+        self.conn = postgres.connect(self.endpoint, purpose=who)
+        row = self.conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, LOCK_OBJ)).fetchone()
+        if row and row[0]:
+            return
+        holder = self.conn.execute(
+            "SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start "
+            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.granted",
+            (LOCK_CLASS, LOCK_OBJ)).fetchone()
+        self.release()
+        if holder:
+            pid, app, client, since = holder
+            who_holds = (f"{app.removeprefix('runbook:lock ')} (server pid {pid}, from {client or 'local'}, "
+                         f"since {since:%Y-%m-%d %H:%M:%S %Z})")
+        else:
+            who_holds = "another session"
+        raise GuardRefused(f"another runbook run is in progress on {self.endpoint.dbname}: {who_holds}",
+                           step="run_lock")
+
+    def release(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            self.conn = None
+
+
+class Engine:
+    """Runs one playbook for one environment, host after host."""
+
+    def __init__(self, env: Environment, playbook: Playbook, options: Options, journal: Journal,
+                 migrations: Migrations, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.env = env
+        self.playbook = playbook
+        self.options = options
+        self.journal = journal
+        self.migrations = migrations
+        self.sleep = sleep
+        self.log = structlog.get_logger("runbook")
+
+    # -- connecting ---------------------------------------------------------------------------
+    def _transport(self, host: Host) -> Transport:
+        if host.ssh is None:
+            from .transports.local import LocalTransport
+
+            return LocalTransport(name=host.name)
+        from .inventory import expand
+        from .transports.ssh import SSHTransport
+
+        base = self.env.inventory_path.parent
+        ssh = host.ssh
+        return SSHTransport(
+            ssh.host, port=ssh.port, user=ssh.user,
+            key_path=str(expand(ssh.key, base)) if ssh.key else None,
+            known_hosts_path=str(expand(ssh.known_hosts, base)),
+            connect_timeout=ssh.connect_timeout, keepalive=int(ssh.keepalive), name=host.name)
+
+    def _database(self, host: Host, stack: contextlib.ExitStack) -> tuple[Database, str | None, bool]:
+        """The host's database; for the embedded environment, start the throwaway cluster first."""
+        if not self.env.embedded:
+            assert host.database is not None
+            return host.database, None, False
+        from .embedded import EmbeddedCluster, find_bindir
+
+        cluster = EmbeddedCluster(self.env.state_dir)
+        emb = stack.enter_context(cluster)
+        bindir = find_bindir()
+        db = Database(emb.host, emb.port, emb.name, emb.user, emb.password)
+        return db, str(bindir) if bindir else None, emb.created
+
+    def _connect(self, host: Host, transport: Transport, db: Database) -> tuple[Tunnel, Endpoint]:
+        tunnel = transport.tunnel(db.host, db.port)
+        endpoint = Endpoint(tunnel.local_host, tunnel.local_port, db.name, db.user, db.password)
+        return tunnel, endpoint
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self) -> Outcome:
+        outcome = Outcome(0, "succeeded", "nothing to do")
+        for host in self.env.hosts:
+            with structlog.contextvars.bound_contextvars(host=host.name):
+                outcome = self.run_host(host)
+            if outcome.code != 0:
+                break
+        return outcome
+
+    def run_host(self, host: Host) -> Outcome:
+        with contextlib.ExitStack() as stack:
+            db, pg_bin, created = self._database(host, stack)
+            self.log.info("connecting", transport="local" if host.ssh is None else "ssh",
+                          ssh_host=host.ssh.host if host.ssh else None, database=db.name,
+                          db_host=db.host, db_port=db.port)
+            transport = stack.enter_context(self._transport(host))
+            tunnel, endpoint = self._connect(host, transport, db)
+            stack.callback(tunnel.close)
+            self._check_reachable(endpoint, host)
+            backup_dir = self.env.config.backup.dir
+            if self.env.embedded and "backup" not in self.env.config.model_fields_set:
+                backup_dir = str(self.env.state_dir / "backups")
+            ctx = Context(self.journal.run_id, self.env, host, self.options, self.journal, transport, db,
+                          endpoint, self.migrations, self.log, pg_bin=pg_bin, backup_dir=backup_dir,
+                          sleep=self.sleep)
+            lock = RunLock(endpoint, self.journal.run_id)
+            lock.acquire()
+            stack.callback(lock.release)
+            if created:
+                self._load_sample(ctx)
+            self._report_incomplete()
+            ctx.start = ctx.current()
+            record = self.journal.host(host.name)
+            record.update(start_revision=fmt(ctx.start), database=db.name)
+            self.journal.save()
+            self.log.info("run_started", playbook=self.playbook.name, revision=fmt(ctx.start),
+                          heads=fmt(self.migrations.heads()))
+            outcome = self._run_steps(ctx)
+            with contextlib.suppress(Exception):
+                record["end_revision"] = fmt(ctx.current())
+            self.journal.save()
+            return outcome
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check_reachable(self, endpoint: Endpoint, host: Host) -> None:
+        import psycopg
+
+        from . import postgres
+
+        try:
+            postgres.connect(endpoint, purpose=f"probe {self.journal.run_id}").close()
+        except psycopg.OperationalError as exc:
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise ConnectError(f"cannot connect to database {endpoint.dbname} as {endpoint.user} on "
+                               f"{host.name}: {reason}") from None
+
+    def _load_sample(self, ctx: Context) -> None:
+        """A fresh embedded database gets the example data at the first revision."""
+        from . import postgres
+        from .embedded import sample_data_sql
+
+        first = [r for r in self.migrations.script.walk_revisions() if not r.down_revision]
+        if not first:
+            return
+        rev = first[0].revision
+        eng = postgres.engine(ctx.endpoint, purpose="sample")
+        try:
+            self.migrations.run("upgrade", eng, rev)
+        finally:
+            eng.dispose()
+        with ctx.connect("sample") as conn:
+            conn.execute(sample_data_sql())
+        self.log.info("sample_data_loaded", revision=rev)
+
+    def _report_incomplete(self) -> None:
+        for rec in journal_mod.runs(self.env.state_dir, self.env.name):
+            if rec.data.get("run_id") == self.journal.run_id:
+                continue
+            if rec.incomplete:
+                last = rec.last_step() or {}
+                self.log.warning("previous_run_incomplete", previous_run=rec.data.get("run_id"),
+                                 last_step=last.get("step"), last_step_outcome=last.get("outcome"),
+                                 started=rec.data.get("started"))
+            break
+
+    def step(self, ctx: Context, step: Step, phase: str) -> dict[str, Any]:
+        from .steps import runner
+
+        entry = self.journal.step_started(ctx.host.name, step.kind, phase)
+        started = time.monotonic()
+        with structlog.contextvars.bound_contextvars(step=step.kind, phase=phase):
+            self.log.info("step_started", params=step.describe())
+            try:
+                facts = runner(step.kind)(ctx, step.params)
+            except BaseException as exc:
+                ms = int((time.monotonic() - started) * 1000)
+                error = str(exc) if isinstance(exc, RunbookError) else f"{type(exc).__name__}: {exc}"
+                self.log.error("step_failed", duration_ms=ms, error=error,
+                               exc_info=not isinstance(exc, RunbookError))
+                self.journal.step_finished(entry, "failed", {"error": error})
+                raise
+            ms = int((time.monotonic() - started) * 1000)
+            self.log.info("step_finished", duration_ms=ms, **facts)
+            self.journal.step_finished(entry, "ok", facts)
+            return facts
+
+    def _run_steps(self, ctx: Context) -> Outcome:
+        try:
+            for step in self.playbook.steps:
+                if step.wanted(ctx.facts):
+                    self.step(ctx, step, "run")
+        except GuardRefused as exc:
+            if ctx.facts.get("changed"):
+                return self._rollback(ctx, exc)
+            return Outcome(4, "refused", str(exc))
+        except Exception as exc:
+            return self._rollback(ctx, exc)
+        now = fmt(ctx.current())
+        what = f"{self.env.name}/{ctx.host.name}: {ctx.database.name} at {now}"
+        if "upgrade" in self.playbook.kinds() and not ctx.facts.get("changed"):
+            what = f"{what}: nothing to migrate"
+        if "verify" in self.playbook.kinds():
+            what += ", verified"
+        return Outcome(0, "succeeded", what)
+
+    def _rollback(self, ctx: Context, error: BaseException) -> Outcome:
+        reason = str(error) if isinstance(error, RunbookError) else f"{type(error).__name__}: {error}"
+        if not ctx.facts.get("changed"):
+            current = self._read_back(ctx)
+            if current is not None and set(current) == set(ctx.start):
+                self.log.info("rollback_not_needed", reason="nothing was changed", revision=fmt(current))
+                return Outcome(1, "failed", f"failed before any change: {reason}")
+        self.log.warning("rollback_started", reason=reason, start_revision=fmt(ctx.start))
+        unresolved = False
+        facts = ctx.facts
+        for step in self.playbook.on_failure:
+            if not step.wanted(facts):
+                self.log.info("step_skipped", step=step.kind, params=step.describe())
+                continue
+            try:
+                self._ensure_connected(ctx)
+                self.step(ctx, step, "rollback")
+                if step.kind == "restore":
+                    unresolved = False
+            except Exception:
+                unresolved = True
+                facts[f"{step.kind}_failed"] = True
+                facts["rollback_failed"] = True
+        current = self._read_back(ctx)
+        start = fmt(ctx.start)
+        if current is not None and set(current) == set(ctx.start) and not unresolved:
+            how = "restored from the backup" if facts.get("restored") else "downgraded"
+            self.log.info("rollback_finished", revision=start, how=how)
+            return Outcome(1, "rolled_back",
+                           f"failed and rolled back ({how}; {ctx.database.name} at {start}, verified): {reason}")
+        state = f"at {fmt(current)}" if current is not None else "in an unknown state (unreachable)"
+        backup = ctx.backup.path if ctx.backup else None
+        if backup:
+            nxt = f"runbook {self.env.name} rollback --restore {backup.rsplit('/', 1)[-1]}"
+        else:
+            nxt = f"runbook {self.env.name} status"
+        self.log.error("rollback_incomplete", state=state, start_revision=start, backup=backup, next=nxt)
+        msg = (f"FAILED and the rollback did not complete: {ctx.database.name} on {ctx.host.name} is {state}; "
+               f"the run started at {start}" + (f"; its backup is {backup}" if backup else "")
+               + f". Original failure: {reason}")
+        return Outcome(3, "needs_person", msg, nxt)
+
+    def _read_back(self, ctx: Context) -> tuple[str, ...] | None:
+        try:
+            self._ensure_connected(ctx)
+            return ctx.current()
+        except Exception as exc:
+            self.log.error("read_back_failed", error=str(exc))
+            return None
+
+    def _ensure_connected(self, ctx: Context) -> None:
+        """After a lost link, reconnect (bounded) so the rollback can still run."""
+        from . import postgres
+
+        try:
+            postgres.connect(ctx.endpoint, purpose=f"probe {ctx.run_id}", connect_timeout=5).close()
+            return
+        except Exception as exc:
+            self.log.warning("connection_lost", error=str(exc).strip()[:200])
+        deadline = time.monotonic() + 60
+        delay = 1.0
+        while True:
+            try:
+                with contextlib.suppress(Exception):
+                    ctx.transport.close()
+                transport = self._transport(ctx.host)
+                _tunnel, endpoint = self._connect(ctx.host, transport, ctx.database)
+                postgres.connect(endpoint, purpose=f"probe {ctx.run_id}", connect_timeout=5).close()
+                ctx.transport, ctx.endpoint = transport, endpoint
+                self.log.info("reconnected")
+                return
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    raise ConnectError(f"lost the connection to {ctx.host.name} and could not reconnect: "
+                                       f"{exc}") from exc
+                self.sleep(delay)
+                delay = min(delay * 2, 10)
+
+
+def state_dir_of(inventory_path: Path) -> Path:
+    return inventory_path.parent / ".runbook"

@@ -1,0 +1,237 @@
+"""``inventory.yaml`` -> typed environments, validated once before anything connects.
+
+The keys are the contract of DESIGN.md. Every mistake becomes one ConfigError naming the file, the
+line and the key; secrets are resolved here from the environment variable the inventory names, so
+that the rest of runbook never sees where a password came from and never sees a literal one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from . import yamlfile
+from .errors import ConfigError
+from .units import Duration
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SSHConfig(_Model):
+    host: str
+    port: int = Field(22, ge=1, le=65535)
+    user: str | None = None
+    key: str | None = None
+    known_hosts: str = "~/.ssh/known_hosts"
+    connect_timeout: Duration = 10.0
+    keepalive: Duration = 15.0
+
+
+class DatabaseConfig(_Model):
+    host: str = "localhost"
+    port: int = Field(5432, ge=1, le=65535)
+    name: str
+    user: str
+    password_env: str | None = None
+
+    @field_validator("password_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value or not value.replace("_", "a").isalnum()):
+            raise ValueError("must be the NAME of an environment variable (letters, digits, _)")
+        return value
+
+
+class BackupConfig(_Model):
+    dir: str = "~/runbook-backups"
+    keep: int = Field(10, ge=1)
+    timeout: Duration = 6 * 3600.0
+
+
+class WindowConfig(_Model):
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = list(DAYS)
+    start: str
+    end: str
+    tz: str = "UTC"
+
+
+class LocksConfig(_Model):
+    lock_timeout: Duration = 5.0
+    max_wait: Duration = 120.0
+    blockers: Literal["wait", "abort", "terminate"] = "wait"
+    statement_timeout: Duration | None = None
+    long_transaction: Duration = 60.0
+
+
+class AlembicConfig(_Model):
+    config: str | None = None
+    remote: str | None = None
+
+
+class CheckConfig(_Model):
+    name: str
+    sql: str
+    expect: Any = None
+    expect_error: str | None = None
+
+
+class HostConfig(_Model):
+    name: str
+    ssh: SSHConfig | None = None
+    database: dict[str, Any] | None = None
+
+
+class EnvironmentConfig(_Model):
+    protected: bool = False
+    embedded: bool = False
+    hosts: list[HostConfig] = []
+    database: dict[str, Any] | None = None
+    backup: BackupConfig = BackupConfig()
+    window: WindowConfig | None = None
+    locks: LocksConfig = LocksConfig()
+    alembic: AlembicConfig = AlembicConfig()
+    verify: list[CheckConfig] = []
+
+
+class InventoryFile(_Model):
+    environments: dict[str, EnvironmentConfig]
+
+
+@dataclass(frozen=True)
+class Database:
+    """Where the database is, as seen from its host, with the password resolved."""
+
+    host: str
+    port: int
+    name: str
+    user: str
+    password: str | None
+    password_env: str | None = None
+
+
+@dataclass(frozen=True)
+class Host:
+    """One database host of an environment: how to reach it and its database."""
+
+    name: str
+    ssh: SSHConfig | None
+    database: Database | None  # None only for the embedded environment (known once started)
+
+
+@dataclass(frozen=True)
+class Environment:
+    """One environment of the inventory, resolved: paths absolute, secrets read."""
+
+    name: str
+    config: EnvironmentConfig
+    hosts: tuple[Host, ...]
+    inventory_path: Path
+    alembic_ini: Path
+    state_dir: Path
+
+    @property
+    def protected(self) -> bool:
+        return self.config.protected
+
+    @property
+    def embedded(self) -> bool:
+        return self.config.embedded
+
+    def secrets(self) -> list[str]:
+        return [h.database.password for h in self.hosts if h.database and h.database.password]
+
+
+@dataclass(frozen=True)
+class Inventory:
+    path: Path
+    tree: Any
+    file: InventoryFile
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.file.environments)
+
+    def environment(self, name: str, environ: dict[str, str] | None = None) -> Environment:
+        environ = dict(os.environ) if environ is None else environ
+        envs = self.file.environments
+        if name not in envs:
+            known = ", ".join(sorted(envs)) or "none"
+            raise ConfigError(f"unknown environment '{name}' (defined: {known})", path=str(self.path))
+        cfg = envs[name]
+        base = self.path.parent
+        prefix: list[Any] = ["environments", name]
+        if not cfg.embedded and not cfg.hosts:
+            raise ConfigError(f"environment '{name}' has no hosts",
+                              path=str(self.path), line=yamlfile.line_of(self.tree, prefix))
+        hosts: list[Host] = []
+        for i, host in enumerate(cfg.hosts):
+            db = None
+            if not cfg.embedded:
+                merged = {**(cfg.database or {}), **(host.database or {})}
+                where = [*prefix, "hosts", i, "database"] if host.database else [*prefix, "database"]
+                try:
+                    dbc = DatabaseConfig.model_validate(merged)
+                except ValidationError as exc:
+                    raise yamlfile.config_error(exc, self.tree, self.path, where) from None
+                password = None
+                if dbc.password_env:
+                    password = environ.get(dbc.password_env)
+                    if password is None:
+                        raise ConfigError(
+                            f"environment variable {dbc.password_env} is not set "
+                            f"(named by environments.{name}.database.password_env)",
+                            path=str(self.path),
+                            line=yamlfile.line_of(self.tree, [*where, "password_env"]))
+                db = Database(dbc.host, dbc.port, dbc.name, dbc.user, password, dbc.password_env)
+            hosts.append(Host(host.name, host.ssh, db))
+        if cfg.embedded and not hosts:
+            hosts.append(Host("localhost", None, None))
+        alembic_ini = self._alembic_ini(cfg, name)
+        return Environment(name, cfg, tuple(hosts), self.path, alembic_ini, base / ".runbook")
+
+    def _alembic_ini(self, cfg: EnvironmentConfig, name: str) -> Path:
+        if cfg.alembic.config:
+            path = expand(cfg.alembic.config, self.path.parent)
+            if not path.is_file() and not cfg.alembic.remote:
+                raise ConfigError(
+                    f"alembic config {path} not found (environments.{name}.alembic.config)",
+                    path=str(self.path),
+                    line=yamlfile.line_of(self.tree, ["environments", name, "alembic", "config"]))
+            return path
+        beside = self.path.parent / "alembic.ini"
+        return beside if beside.is_file() else project_root() / "alembic.ini"
+
+
+def project_root() -> Path:
+    """The folder holding runbook's own playbooks/ and the example application."""
+    return Path(__file__).resolve().parent.parent
+
+
+def expand(value: str, base: Path) -> Path:
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else (base / path)
+
+
+def default_path() -> Path:
+    return Path(os.environ.get("RUNBOOK_INVENTORY") or "inventory.yaml")
+
+
+def load(path: Path) -> Inventory:
+    """Read and validate an inventory file; every mistake is one located ConfigError."""
+    path = path.resolve() if path.exists() else path
+    tree = yamlfile.load(path, "inventory")
+    if not isinstance(tree, dict):
+        raise ConfigError("an inventory must be a mapping with an 'environments' key", path=str(path))
+    try:
+        parsed = InventoryFile.model_validate(tree)
+    except ValidationError as exc:
+        raise yamlfile.config_error(exc, tree, path) from None
+    return Inventory(path, tree, parsed)

@@ -1,0 +1,134 @@
+"""Run records: what each run did, read back by ``status`` and ``rollback``.
+
+In the spirit of ansible-runner's artifacts: each run has ``.runbook/runs/<run_id>.jsonl`` (every
+event, appended by the log pipeline) and ``<run_id>.json`` (its status), the latter rewritten
+atomically (temp file + rename, mode 0600) at every step start and end. A run killed half-way keeps
+``status: running`` with its last step; since its process is gone, readers report it incomplete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+RUNNING = "running"
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_atomic(path: Path, data: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class Journal:
+    """The status record of one run, kept on disk as the run goes."""
+
+    def __init__(self, state_dir: Path, run_id: str, env: str, playbook: str, argv: list[str]) -> None:
+        self.dir = state_dir / "runs"
+        self.run_id = run_id
+        self.log_path = self.dir / f"{run_id}.jsonl"
+        self.path = self.dir / f"{run_id}.json"
+        self.record: dict[str, Any] = {
+            "run_id": run_id, "env": env, "playbook": playbook, "argv": argv,
+            "status": RUNNING, "exit_code": None,
+            "started": now_iso(), "finished": None,
+            "pid": os.getpid(), "control_host": socket.gethostname(),
+            "current_step": None, "steps": [], "hosts": {},
+        }
+
+    def save(self) -> None:
+        write_atomic(self.path, json.dumps(self.record, indent=2, default=str))
+
+    def host(self, name: str) -> dict[str, Any]:
+        return self.record["hosts"].setdefault(name, {})
+
+    def step_started(self, host: str, step: str, phase: str) -> dict[str, Any]:
+        entry = {"host": host, "step": step, "phase": phase, "started": now_iso(),
+                 "finished": None, "outcome": RUNNING}
+        self.record["steps"].append(entry)
+        self.record["current_step"] = f"{host}:{step}"
+        self.save()
+        return entry
+
+    def step_finished(self, entry: dict[str, Any], outcome: str, facts: dict[str, Any] | None = None) -> None:
+        entry.update(finished=now_iso(), outcome=outcome)
+        if facts:
+            entry["facts"] = facts
+        self.record["current_step"] = None
+        self.save()
+
+    def finish(self, status: str, exit_code: int) -> None:
+        self.record.update(status=status, exit_code=exit_code, finished=now_iso())
+        self.save()
+
+
+@dataclass
+class RunRecord:
+    data: dict[str, Any]
+
+    @property
+    def incomplete(self) -> bool:
+        """A run still marked running whose process is gone (killed, crashed, host lost)."""
+        if self.data.get("status") != RUNNING:
+            return False
+        if self.data.get("control_host") != socket.gethostname():
+            return False  # cannot tell from here; a run lock on the database answers that
+        return not _alive(int(self.data.get("pid") or 0))
+
+    def last_step(self) -> dict[str, Any] | None:
+        steps = self.data.get("steps") or []
+        return steps[-1] if steps else None
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def runs(state_dir: Path, env: str | None = None) -> list[RunRecord]:
+    """Every recorded run, newest first."""
+    folder = state_dir / "runs"
+    out: list[RunRecord] = []
+    if not folder.is_dir():
+        return out
+    for path in folder.glob("*.json"):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if env is None or data.get("env") == env:
+            out.append(RunRecord(data))
+    out.sort(key=lambda r: (str(r.data.get("started")), str(r.data.get("run_id"))), reverse=True)
+    return out

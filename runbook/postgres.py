@@ -1,0 +1,153 @@
+"""PostgreSQL facts and command builders: connections, activity and lock holders, pg_dump/pg_restore.
+
+Connections are opened from the control machine to an endpoint (the tunnel's local end). The
+password travels only as a connect argument, never in a URL, a command line or a log line; commands
+that run on the host read it from a 0600 PGPASSFILE written for the command and removed after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Iterable
+
+from .transports.base import quote
+
+APP_NAME = "runbook"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How the control machine reaches the database (through the tunnel when over SSH)."""
+
+    host: str
+    port: int
+    dbname: str
+    user: str
+    password: str | None = None
+
+    def __repr__(self) -> str:  # never show the password, even in a traceback
+        return f"Endpoint({self.user}@{self.host}:{self.port}/{self.dbname})"
+
+    def with_db(self, dbname: str) -> "Endpoint":
+        return replace(self, dbname=dbname)
+
+
+def connect(ep: Endpoint, *, purpose: str, autocommit: bool = True,
+            settings: dict[str, str] | None = None, connect_timeout: int = 10) -> Any:
+    """A psycopg connection; ``settings`` become server settings of the session (``-c k=v``)."""
+    import psycopg
+
+    options = " ".join(f"-c {k}={v}" for k, v in (settings or {}).items())
+    kwargs: dict[str, Any] = dict(host=ep.host, port=ep.port, dbname=ep.dbname, user=ep.user,
+                                  application_name=f"{APP_NAME}:{purpose}",
+                                  connect_timeout=connect_timeout, autocommit=autocommit)
+    if ep.password is not None:
+        kwargs["password"] = ep.password
+    if options:
+        kwargs["options"] = options
+    return psycopg.connect(**kwargs)
+
+
+def engine(ep: Endpoint, *, purpose: str, settings: dict[str, str] | None = None) -> Any:
+    """A SQLAlchemy engine whose connections come from ``connect`` (no URL holds the password)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    return create_engine("postgresql+psycopg://", poolclass=NullPool,
+                         creator=lambda: connect(ep, purpose=purpose, autocommit=False, settings=settings))
+
+
+def pgpass_line(ep_host: str, port: int, dbname: str, user: str, password: str) -> str:
+    def esc(value: str) -> str:
+        return value.replace("\\", "\\\\").replace(":", "\\:")
+    return f"{esc(ep_host)}:{port}:{esc(dbname)}:{esc(user)}:{esc(password)}\n"
+
+
+def conn_args(host: str, port: int, dbname: str, user: str) -> list[str]:
+    return ["-h", host, "-p", str(port), "-U", user, "-d", dbname, "--no-password"]
+
+
+def pg_dump_cmd(host: str, port: int, dbname: str, user: str, out: str, bin_dir: str | None = None) -> str:
+    exe = f"{bin_dir}/pg_dump" if bin_dir else "pg_dump"
+    return quote(exe, "-Fc", *conn_args(host, port, dbname, user), "-f", out)
+
+
+def pg_restore_list_cmd(path: str, bin_dir: str | None = None) -> str:
+    exe = f"{bin_dir}/pg_restore" if bin_dir else "pg_restore"
+    return quote(exe, "--list", path) + " > /dev/null"
+
+
+ACTIVITY_SQL = """
+SELECT a.pid, a.usename, a.application_name, a.client_addr::text AS client_addr, a.state,
+       a.wait_event_type, left(a.query, 300) AS query,
+       extract(epoch FROM now() - a.xact_start)::float AS xact_age_s,
+       extract(epoch FROM now() - a.query_start)::float AS query_age_s,
+       a.backend_xid IS NOT NULL AS wrote
+FROM pg_stat_activity a
+WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+  AND a.backend_type = 'client backend'
+  AND coalesce(a.application_name, '') NOT LIKE 'runbook:%'
+ORDER BY a.xact_start NULLS LAST
+"""
+
+TABLE_LOCKS_SQL = """
+SELECT l.pid, c.relname, n.nspname, l.mode, l.granted
+FROM pg_locks l
+JOIN pg_class c ON c.oid = l.relation
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.pid <> pg_backend_pid()
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+"""
+
+
+@dataclass(frozen=True)
+class Session:
+    """One other session of the database, as pg_stat_activity and pg_locks show it."""
+
+    pid: int
+    user: str | None
+    application: str | None
+    client: str | None
+    state: str | None
+    query: str | None
+    xact_age_s: float | None
+    query_age_s: float | None
+    locks: tuple[str, ...] = ()
+
+    def fact(self) -> dict[str, Any]:
+        return {"pid": self.pid, "user": self.user, "application": self.application,
+                "state": self.state, "xact_age_s": round(self.xact_age_s or 0, 1),
+                "query": self.query, "locks": list(self.locks)}
+
+
+def sessions(conn: Any) -> list[Session]:
+    """Every other client session of this database with the table locks it holds or waits for."""
+    locks: dict[int, list[str]] = {}
+    with conn.cursor() as cur:
+        cur.execute(TABLE_LOCKS_SQL)
+        for pid, relname, nsp, mode, granted in cur.fetchall():
+            name = relname if nsp == "public" else f"{nsp}.{relname}"
+            locks.setdefault(pid, []).append(f"{name}:{mode}{'' if granted else ' (waiting)'}")
+        cur.execute(ACTIVITY_SQL)
+        rows = cur.fetchall()
+    out = []
+    for pid, user, app, client, state, _wait, query, xage, qage, _wrote in rows:
+        out.append(Session(pid, user, app, client, state, query, xage, qage, tuple(locks.get(pid, ()))))
+    return out
+
+
+def touching(session: Session, tables: Iterable[str]) -> bool:
+    wanted = {t.split(".")[-1] for t in tables}
+    return any(lock.split(":")[0].split(".")[-1] in wanted for lock in session.locks)
+
+
+def current_revisions(conn: Any) -> tuple[str, ...]:
+    """The rows of alembic_version (empty when the table does not exist: base)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('alembic_version') IS NOT NULL")
+        row = cur.fetchone()
+        if not row or not row[0]:
+            return ()
+        cur.execute("SELECT version_num FROM alembic_version ORDER BY 1")
+        return tuple(r[0] for r in cur.fetchall())

@@ -1,0 +1,69 @@
+"""``backup``: a verified ``pg_dump -Fc`` on the database host.
+
+Written to ``<name>.partial`` first, checked with ``pg_restore --list``, then renamed, so a file with
+the final name is always a complete, readable dump; mode 0600 from the start (umask 077); its size and
+sha256 are recorded in the run journal and in a ``.sha256`` file beside it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from ..context import Backup, Context
+from ..errors import BackupError, CommandFailed, CommandTimedOut
+from ..migrations import fmt
+from ..postgres import pg_dump_cmd, pg_restore_list_cmd
+from ..transports.base import quote
+from .hostcmd import backup_dir, pg_env
+
+
+def take(ctx: Context, label: str = "") -> Backup:
+    """Dump the database now; returns the verified backup."""
+    db = ctx.database
+    revision = fmt(ctx.current()).replace(",", "+")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    folder = backup_dir(ctx)
+    name = f"{db.name}_{ctx.env.name}_{stamp}_{revision}{label}.dump"
+    path = f"{folder}/{name}"
+    partial = path + ".partial"
+    script = "; ".join([
+        "set -e",
+        "umask 077",
+        f"trap {quote('rm -f ' + quote(partial))} EXIT",
+        f"mkdir -p {quote(folder)}",
+        pg_dump_cmd(db.host, db.port, db.name, db.user, partial, ctx.pg_bin),
+        pg_restore_list_cmd(partial, ctx.pg_bin),
+        f"chmod 600 {quote(partial)}",
+        f"sum=$(sha256sum {quote(partial)} | cut -d' ' -f1)",
+        f"size=$(stat -c %s {quote(partial)})",
+        f"mv {quote(partial)} {quote(path)}",
+        f"printf '%s  %s\\n' \"$sum\" {quote(name)} > {quote(path + '.sha256')}",
+        'echo "$sum $size"',
+    ])
+    try:
+        with pg_env(ctx) as env:
+            result = ctx.transport.run(script, env=env, timeout=ctx.env.config.backup.timeout)
+    except CommandFailed as exc:
+        tail = exc.result.tail(5) if exc.result is not None else str(exc)
+        raise BackupError(f"pg_dump of {db.name} on {ctx.host.name} failed: {tail}",
+                          step="backup", host=ctx.host.name) from exc
+    except CommandTimedOut as exc:
+        raise BackupError(f"pg_dump of {db.name} on {ctx.host.name} timed out", step="backup",
+                          host=ctx.host.name) from exc
+    try:
+        digest, size = result.stdout.split()[-2:]
+        backup = Backup(path, int(size), digest, revision, stamp)
+    except ValueError as exc:
+        raise BackupError(f"backup on {ctx.host.name} did not report its checksum: {result.stdout!r}",
+                          step="backup", host=ctx.host.name) from exc
+    ctx.backups.append(backup)
+    return backup
+
+
+def run(ctx: Context, params: Any) -> dict[str, Any]:
+    backup = take(ctx)
+    ctx.backup = backup
+    ctx.journal.host(ctx.host.name)["backup"] = backup.fact()
+    ctx.journal.save()
+    return backup.fact()

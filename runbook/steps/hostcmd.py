@@ -1,0 +1,41 @@
+"""Running PostgreSQL client programs on the database host without exposing the password.
+
+The password goes into a 0600 PGPASSFILE written for the command (over SFTP when remote) and removed
+right after it; only the file's path is on the command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from typing import Any, Iterator
+
+from ..postgres import pgpass_line
+
+
+def backup_dir(ctx: Any) -> str:
+    folder = ctx.backup_dir
+    if folder.startswith("~"):
+        folder = ctx.transport.home.rstrip("/") + folder[1:]
+    return folder.rstrip("/") or "/"
+
+
+@contextlib.contextmanager
+def pg_env(ctx: Any) -> Iterator[dict[str, str]]:
+    """Environment for a PostgreSQL client program run on the host."""
+    db = ctx.database
+    if not db.password:
+        yield {}
+        return
+    home = ctx.transport.home.rstrip("/")
+    path = f"{home}/.runbook-pgpass-{ctx.run_id}-{secrets.token_hex(4)}"
+    ctx.transport.put_bytes(pgpass_line("*", db.port, "*", "*", db.password).encode(), path, mode=0o600)
+    try:
+        yield {"PGPASSFILE": path}
+    finally:
+        with contextlib.suppress(Exception):
+            ctx.transport.remove(path)
+
+
+def bin_path(ctx: Any, program: str) -> str:
+    return f"{ctx.pg_bin}/{program}" if ctx.pg_bin else program

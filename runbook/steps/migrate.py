@@ -1,0 +1,176 @@
+"""``upgrade`` and ``downgrade``: Alembic in-process, under lock_timeout retries, read back after.
+
+Transaction mode: one transaction for the whole upgrade (Alembic's default,
+``transaction_per_migration=False``). A failure in revision k of n leaves the database at the start
+revision, so the rollback has nothing to undo but what ``autocommit_block`` sections committed; a lock
+timeout is retried the same way, from wherever the database is. Whatever Alembic returns, the step
+succeeds only if ``alembic_version`` holds the target afterwards.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from .. import postgres
+from ..context import Context
+from ..errors import ConfigError, LockTimeoutExhausted, MigrationError
+from ..migrations import Revision, fmt, sqlstate
+from ..retry import LockRetriesExhausted, lock_retries
+
+INVALID_INDEXES_SQL = """
+SELECT n.nspname, c.relname FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+"""
+
+
+def _apply(ctx: Context, direction: str, target: str, spec: str, revisions: list[Revision]) -> list[str]:
+    done: list[str] = []
+
+    def on_apply(*, ctx: Any = None, step: Any = None, heads: Any = None, run_args: Any = None,
+                 **_: Any) -> None:
+        rev = step.up_revision_id if step is not None else None
+        done.append(str(rev))
+        log.info("revision_applied" if direction == "upgrade" else "revision_reverted",
+                 revision=rev, heads=sorted(heads or ()))
+
+    log = ctx.log
+
+    def attempt(timeout: float, n: int) -> None:
+        eng = postgres.engine(ctx.endpoint, purpose=f"{direction} {ctx.run_id}",
+                              settings=ctx.settings(timeout))
+        done.clear()
+        try:
+            log.info("migration_attempt", direction=direction, attempt=n, lock_timeout_ms=int(timeout * 1000),
+                     target=target)
+            ctx.migrations.run(direction, eng, spec, on_apply)
+        finally:
+            eng.dispose()
+
+    def on_retry(n: int, sleep: float, exc: BaseException | None) -> None:
+        log.warning("lock_timeout_retry", direction=direction, attempt=n, sleep_s=round(sleep, 2),
+                    error=_first_line(exc))
+
+    try:
+        lock_retries(attempt, lock_timeout=ctx.locks.lock_timeout, max_wait=ctx.locks.max_wait,
+                     sleep=ctx.sleep, on_retry=on_retry)
+    except LockRetriesExhausted as exc:
+        raise LockTimeoutExhausted(
+            f"{direction} to {target} could not get its locks in {exc.attempts} tries within "
+            f"max_wait {ctx.locks.max_wait:g}s (lock_timeout {ctx.locks.lock_timeout:g}s)",
+            step=direction, host=ctx.host.name) from exc.last
+    except Exception as exc:
+        failed = _failed_revision(revisions, done)
+        where = f" in revision {failed.id} ({failed.doc})" if failed else ""
+        code = sqlstate(exc)
+        raise MigrationError(f"{direction} to {target} failed{where}: {_first_line(exc)}"
+                             + (f" [SQLSTATE {code}]" if code else ""),
+                             step=direction, host=ctx.host.name) from exc
+    return done
+
+
+def _failed_revision(revisions: list[Revision], done: list[str]) -> Revision | None:
+    for rev in revisions:
+        if rev.id not in done:
+            return rev
+    return None
+
+
+def _first_line(exc: BaseException | None) -> str:
+    if exc is None:
+        return ""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def invalid_indexes(ctx: Context) -> set[str]:
+    with ctx.connect("indexes") as conn, conn.cursor() as cur:
+        cur.execute(INVALID_INDEXES_SQL)
+        return {f"{n}.{c}" for n, c in cur.fetchall()}
+
+
+def upgrade(ctx: Context, params: Any) -> dict[str, Any]:
+    target = ctx.options.to or params.to
+    current = ctx.current()
+    want = ctx.migrations.resolve(target)
+    pending = ctx.migrations.pending(current, target)
+    facts: dict[str, Any] = {"from": fmt(current), "to": fmt(want), "pending": [r.id for r in pending]}
+    if not pending:
+        ctx.log.info("nothing_to_migrate", revision=fmt(current))
+        facts["applied"] = []
+        return facts
+    ctx.facts["changed"] = True
+    ctx.journal.host(ctx.host.name)["invalid_indexes_before"] = sorted(invalid_indexes(ctx))
+    applied = _apply(ctx, "upgrade", fmt(want), target, pending)
+    after = ctx.current()
+    if set(after) != set(want):
+        raise MigrationError(
+            f"Alembic returned, but alembic_version holds {fmt(after)}, not {fmt(want)}: "
+            "revisions were lost (a revision that commits by itself, or an env.py that leaves its "
+            "transaction uncommitted)", step="upgrade", host=ctx.host.name)
+    facts["applied"] = applied
+    return facts
+
+
+def irreversible(ctx: Context, rev: Revision) -> bool:
+    """A revision whose downgrade is missing, empty (``pass``) or declared irreversible."""
+    if rev.irreversible:
+        return True
+    module = ctx.migrations.script.get_revision(rev.id).module
+    fn = getattr(module, "downgrade", None)
+    if fn is None:
+        return True
+    try:
+        body = [ln.strip() for ln in inspect.getsource(fn).splitlines()[1:]]
+    except (OSError, TypeError):
+        return False
+    code = [ln for ln in body if ln and not ln.startswith("#") and not ln.startswith(('"""', "'''"))]
+    return all(ln in ("pass", "...") for ln in code)
+
+
+def resolve_down(ctx: Context, to: str) -> tuple[str, ...]:
+    if to == "start":
+        return ctx.start
+    return ctx.migrations.resolve(to)
+
+
+def downgrade(ctx: Context, params: Any) -> dict[str, Any]:
+    target = resolve_down(ctx, params.to)
+    current = ctx.current()
+    facts: dict[str, Any] = {"from": fmt(current), "to": fmt(target)}
+    if set(current) != set(target):
+        if len(target) > 1:
+            raise MigrationError(f"cannot downgrade to several heads at once ({fmt(target)})",
+                                 step="downgrade", host=ctx.host.name)
+        undo = ctx.migrations.to_undo(current, target[0] if target else "base")
+        blocked = [r for r in undo if irreversible(ctx, r)]
+        if blocked:
+            raise MigrationError(f"revision {blocked[0].id} ({blocked[0].doc}) has no downgrade: "
+                                 "it cannot be reversed", step="downgrade", host=ctx.host.name)
+        facts["reverted"] = _apply(ctx, "downgrade", fmt(target), target[0] if target else "base", undo)
+        after = ctx.current()
+        if set(after) != set(target):
+            raise MigrationError(f"downgrade returned, but alembic_version holds {fmt(after)}, "
+                                 f"not {fmt(target)}", step="downgrade", host=ctx.host.name)
+    else:
+        ctx.log.info("nothing_to_downgrade", revision=fmt(current))
+    facts["dropped_invalid_indexes"] = drop_new_invalid_indexes(ctx)
+    return facts
+
+
+def drop_new_invalid_indexes(ctx: Context) -> list[str]:
+    """Drop INVALID indexes (a failed CREATE INDEX CONCURRENTLY) that this run left behind."""
+    before = set(ctx.journal.host(ctx.host.name).get("invalid_indexes_before") or [])
+    if "invalid_indexes_before" not in ctx.journal.host(ctx.host.name):
+        return []
+    dropped = []
+    for name in sorted(invalid_indexes(ctx) - before):
+        schema, index = name.split(".", 1)
+        with ctx.connect("drop_index", settings=ctx.settings()) as conn:
+            conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{schema}"."{index}"')
+        ctx.log.warning("invalid_index_dropped", index=name)
+        dropped.append(name)
+    return dropped
+

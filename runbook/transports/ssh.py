@@ -1,0 +1,408 @@
+"""The SSH transport: one verified Fabric/Paramiko connection per host, reused by every step.
+
+Host keys are always checked against the inventory's ``known_hosts`` file alone (never
+``~/.ssh/known_hosts``, never ``~/.ssh/config``, never Fabric's accept-anything default): an unknown
+or changed key is refused before authentication, so nothing runs on a host we cannot vouch for.
+Commands run through Fabric with a remote ``timeout`` wrapper, so a command we gave up on is also
+stopped on the host instead of holding its locks; files move over SFTP, created with their final
+mode before any data is written; tunnels are ``direct-tcpip`` channels behind a local listener.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import select
+import shlex
+import socket
+import threading
+import time
+from typing import Any, Mapping
+
+import fabric
+from invoke.exceptions import CommandTimedOut as InvokeTimedOut, ThreadException
+import paramiko
+
+from runbook.errors import (CommandFailed, CommandTimedOut, ConnectError, ConnectionLost,
+                            HostKeyError, TransportError)
+from runbook.transports.base import Result, Transport, Tunnel
+from runbook.transports.local import failure_message
+
+# How long the host's `timeout` gets to stop a timed-out command before we stop waiting for it.
+TIMEOUT_GRACE = 2.0
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+class _UnknownHostKey(paramiko.SSHException):  # type: ignore[misc]  # paramiko is untyped
+    def __init__(self, hostname: str, key: paramiko.PKey) -> None:
+        super().__init__(f"{hostname} not found in known_hosts")
+        self.key = key
+
+
+class _RejectUnknown(paramiko.RejectPolicy):  # type: ignore[misc]
+    """RejectPolicy that keeps the offered key, so the error can show its fingerprint."""
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        raise _UnknownHostKey(hostname, key)
+
+
+class SSHTransport(Transport):
+    """Run commands, move files and open tunnels on one host over SSH (connects on first use)."""
+
+    def __init__(self, host: str, *, port: int = 22, user: str | None = None,
+                 key_path: str | None = None, known_hosts_path: str, connect_timeout: float = 10.0,
+                 keepalive: int = 15, name: str | None = None) -> None:
+        self.host = host
+        self.port = port
+        # Resolved now, as paramiko would, so every error names the login it tried.
+        self.user = user or getpass.getuser()
+        self.key_path = os.path.expanduser(key_path) if key_path else None
+        self.known_hosts_path = os.path.expanduser(known_hosts_path)
+        self.connect_timeout = connect_timeout
+        self.keepalive = keepalive
+        self.name = name or host
+        self._conn: fabric.Connection | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._home: str | None = None
+        self._tunnels: list[Tunnel] = []
+        self._lock = threading.RLock()
+
+    # -- connection -------------------------------------------------------------------------
+
+    @property
+    def where(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+    def connect(self) -> None:
+        """Open (or reopen) the connection; raises HostKeyError or ConnectError."""
+        with self._lock:
+            self._close_connection()
+            self._conn = self._open()
+
+    def _open(self) -> fabric.Connection:
+        if not os.path.isfile(self.known_hosts_path):
+            raise HostKeyError(
+                f"known_hosts file {self.known_hosts_path} does not exist: cannot verify the host key "
+                f"of {self.host}:{self.port}",
+                hint=f"check the fingerprint out of band, then: ssh-keyscan -p {self.port} {self.host} "
+                     f">> {self.known_hosts_path}")
+        if self.key_path and not os.access(self.key_path, os.R_OK):
+            raise ConnectError(f"cannot connect to {self.where}: key {self.key_path} is missing or "
+                               "unreadable")
+        # An explicit, empty SSHConfig and lazy=True: no ~/.ssh/config, /etc/ssh/ssh_config or
+        # ~/.fabric.yaml can redirect the host, user, port or proxy behind the inventory's back.
+        config = fabric.Config(ssh_config=paramiko.SSHConfig(), lazy=True,
+                               overrides={"load_ssh_configs": False})
+        conn = fabric.Connection(
+            self.host, user=self.user, port=self.port, config=config, gateway=False,
+            forward_agent=False, inline_ssh_env=True,
+            # The timeout goes in connect_kwargs: Fabric's connect_timeout is cast to int (0.5 -> 0 -> none).
+            connect_kwargs={"key_filename": self.key_path, "look_for_keys": False, "allow_agent": False,
+                            "timeout": self.connect_timeout, "banner_timeout": self.connect_timeout,
+                            "auth_timeout": self.connect_timeout, "channel_timeout": self.connect_timeout},
+        )
+        client = conn.client
+        client.set_missing_host_key_policy(_RejectUnknown())  # replaces Fabric's AutoAddPolicy
+        try:
+            client.load_host_keys(self.known_hosts_path)
+        except OSError as exc:
+            raise HostKeyError(f"cannot read known_hosts file {self.known_hosts_path}: "
+                               f"{exc.strerror or exc}") from exc
+        sock = conn.connect_kwargs["sock"] = self._socket()
+        try:
+            self._login(conn)
+        except BaseException:
+            # Fabric's close() skips a half-open client: close what paramiko and we opened.
+            conn.client.close()
+            sock.close()
+            raise
+        transport = conn.transport
+        if self.keepalive > 0 and transport is not None:
+            # Keepalives make a dead link fail the command (exit -1) instead of hanging forever.
+            transport.set_keepalive(self.keepalive)
+        return conn
+
+    def _login(self, conn: fabric.Connection) -> None:
+        try:
+            conn.open()
+        except _UnknownHostKey as exc:
+            raise HostKeyError(
+                f"host key of {self.host}:{self.port} not found in {self.known_hosts_path} "
+                f"(the server offers {exc.key.get_name()} {exc.key.fingerprint}); refusing to connect",
+                hint=f"check that fingerprint out of band, then: ssh-keyscan -p {self.port} "
+                     f"-t {exc.key.get_name()} {self.host} >> {self.known_hosts_path}") from exc
+        except paramiko.BadHostKeyException as exc:
+            raise HostKeyError(
+                f"host key of {self.host}:{self.port} CHANGED: the server offers {exc.key.get_name()} "
+                f"{exc.key.fingerprint}, {self.known_hosts_path} expects {exc.expected_key.get_name()} "
+                f"{exc.expected_key.fingerprint}; refusing to connect (possible man-in-the-middle)",
+                hint=f"if the host was really rebuilt, remove the old key: ssh-keygen -R "
+                     f"'{self._known_hosts_name()}' -f {self.known_hosts_path}") from exc
+        except paramiko.AuthenticationException as exc:
+            raise ConnectError(f"cannot log in to {self.where} with key {self.key_path}: {exc}") from exc
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise ConnectError(f"cannot connect to {self.where}: {exc or type(exc).__name__}") from exc
+
+    def _known_hosts_name(self) -> str:
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    def _socket(self) -> socket.socket:
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+        except socket.gaierror as exc:
+            raise ConnectError(f"cannot connect to {self.where}: cannot resolve {self.host}: "
+                               f"{exc.strerror}") from exc
+        except OSError as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            raise ConnectError(f"cannot connect to {self.where}: {reason}") from exc
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if self.keepalive > 0 and hasattr(socket, "TCP_USER_TIMEOUT"):
+            # Unacknowledged data past this kills the socket, so a cut link surfaces even mid-write.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, self.keepalive * 4 * 1000)
+        return sock
+
+    def _connection(self) -> fabric.Connection:
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._open()
+            elif not self._conn.is_connected:
+                # Never reconnect silently in the middle of a run: the engine decides what a loss means.
+                raise ConnectionLost(f"{self.name}: the SSH connection to {self.where} was lost")
+            return self._conn
+
+    def _transport(self) -> paramiko.Transport:
+        transport = self._connection().transport
+        assert transport is not None
+        return transport
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def run(self, command: str, *, env: Mapping[str, str] | None = None,
+            timeout: float | None = None, check: bool = True) -> Result:
+        conn = self._connection()
+        wrapped = self._wrap(command, timeout)
+        started = time.monotonic()
+        try:
+            r = conn.run(wrapped, hide=True, warn=True, pty=False, in_stream=False, encoding="utf-8",
+                         env=self._env(env), timeout=None if timeout is None else timeout + TIMEOUT_GRACE)
+        except InvokeTimedOut as exc:
+            raise CommandTimedOut(f"{self.name}: command timed out after {timeout:g}s: {command}") from exc
+        except (ThreadException, paramiko.SSHException, EOFError, OSError) as exc:
+            raise ConnectionLost(f"{self.name}: the SSH connection to {self.where} failed while running "
+                                 f"{command}: {exc}") from exc
+        result = Result(command=command, exited=r.exited, stdout=r.stdout, stderr=r.stderr)
+        if result.exited == -1 and not (conn.transport and conn.transport.is_active()):
+            raise ConnectionLost(f"{self.name}: the SSH connection to {self.where} was lost while running "
+                                 f"{command} (no exit status)")
+        if timeout is not None and result.exited == 124 and time.monotonic() - started >= timeout:
+            raise CommandTimedOut(f"{self.name}: command timed out after {timeout:g}s (stopped on the host): "
+                                  f"{command}")
+        if check and not result.ok:
+            raise CommandFailed(failure_message(self.name, result), result=result)
+        return result
+
+    @staticmethod
+    def _wrap(command: str, timeout: float | None) -> str:
+        """A POSIX-shell command line that, given a timeout, also stops the command on the host.
+
+        Closing the channel (what Fabric does on timeout) leaves a non-PTY command running, and a
+        forgotten pg_dump keeps its locks: coreutils ``timeout`` kills its whole process group. The
+        login shell stays the parent (never ``exec``), so a command killed by a signal reports
+        128+N: Paramiko ignores SSH's exit-signal and would report -1, like a lost connection.
+        """
+        shell = f"/bin/sh -c {shlex.quote(command)}"
+        if timeout is None:
+            return f"{shell}; exit $?"
+        seconds = f"{timeout:.3f}".rstrip("0").rstrip(".")  # never an exponent, as :g could give
+        return (f"if command -v timeout >/dev/null 2>&1; then timeout -k 5 {seconds} {shell}; "
+                f"else {shell}; fi")
+
+    @staticmethod
+    def _env(env: Mapping[str, str] | None) -> dict[str, str] | None:
+        if not env:
+            return None
+        for key in env:
+            if not _ENV_NAME.match(key):
+                raise ValueError(f"not an environment variable name: {key!r}")
+        # Fabric inlines `export K=V && cmd` without quoting: quote the values ourselves.
+        return {key: shlex.quote(value) for key, value in env.items()}
+
+    @property
+    def home(self) -> str:
+        if self._home is None:
+            self._home = self.run('printf %s "$HOME"', timeout=self.connect_timeout).stdout
+        return self._home
+
+    # -- files ------------------------------------------------------------------------------
+
+    def _sftp_client(self) -> paramiko.SFTPClient:
+        with self._lock:
+            conn = self._connection()
+            if self._sftp is None:
+                try:
+                    self._sftp = conn.client.open_sftp()
+                except (paramiko.SSHException, EOFError, OSError) as exc:
+                    raise ConnectionLost(f"{self.name}: cannot open SFTP on {self.where}: {exc}") from exc
+            return self._sftp
+
+    def _file_error(self, action: str, path: str, exc: BaseException) -> TransportError:
+        transport = self._conn.transport if self._conn else None
+        if isinstance(exc, (paramiko.SSHException, EOFError)) or not (transport and transport.is_active()):
+            return ConnectionLost(f"{self.name}: the SSH connection to {self.where} was lost during "
+                                  f"{action} {path}")
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return TransportError(f"{self.name}: cannot {action} {path}: {reason}")
+
+    def put_bytes(self, data: bytes, path: str, *, mode: int = 0o600) -> None:
+        sftp = self._sftp_client()
+        try:
+            with sftp.open(path, "wb") as f:
+                # Narrow the (empty, truncated) file before any data reaches it.
+                f.chmod(mode)
+                f.set_pipelined(True)
+                f.write(data)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._file_error("write", path, exc) from exc
+
+    def get_bytes(self, path: str) -> bytes:
+        """Read ``path``; a missing file raises FileNotFoundError, other failures TransportError."""
+        sftp = self._sftp_client()
+        try:
+            with sftp.open(path, "rb") as f:
+                f.prefetch()
+                data: bytes = f.read()
+                return data
+        except FileNotFoundError:
+            raise
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._file_error("read", path, exc) from exc
+
+    def remove(self, path: str) -> None:
+        sftp = self._sftp_client()
+        try:
+            sftp.remove(path)
+        except FileNotFoundError:
+            pass
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._file_error("remove", path, exc) from exc
+
+    # -- tunnels ----------------------------------------------------------------------------
+
+    def tunnel(self, remote_host: str, remote_port: int) -> Tunnel:
+        forward = _Forward(self._transport(), remote_host, remote_port, self.connect_timeout)
+        tunnel = Tunnel(local_host="127.0.0.1", local_port=forward.port, remote_host=remote_host,
+                        remote_port=remote_port)
+        tunnel.closers.append(forward.close)
+        tunnel.closers.append(lambda: self._forget(tunnel))
+        with self._lock:
+            self._tunnels.append(tunnel)
+        return tunnel
+
+    def _forget(self, tunnel: Tunnel) -> None:
+        with self._lock:
+            if tunnel in self._tunnels:
+                self._tunnels.remove(tunnel)
+
+    # -- teardown ---------------------------------------------------------------------------
+
+    def _close_connection(self) -> None:
+        for tunnel in list(self._tunnels):
+            tunnel.close()
+        self._tunnels.clear()
+        if self._sftp is not None:
+            try:
+                self._sftp.close()
+            except Exception:  # noqa: BLE001 - closing a dead session must not mask the real error
+                pass
+            self._sftp = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_connection()
+
+    def __repr__(self) -> str:
+        return f"SSHTransport({self.where!r}, known_hosts={self.known_hosts_path!r})"
+
+
+class _Forward:
+    """A 127.0.0.1 listener whose every client gets its own ``direct-tcpip`` channel."""
+
+    def __init__(self, transport: paramiko.Transport, remote_host: str, remote_port: int,
+                 open_timeout: float) -> None:
+        self.transport = transport
+        self.remote = (remote_host, remote_port)
+        self.open_timeout = open_timeout
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(32)
+        self.listener.settimeout(0.5)  # so close() is noticed even if shutdown() does not wake accept()
+        self.port: int = self.listener.getsockname()[1]
+        self.stopped = threading.Event()
+        self.pairs: set[tuple[socket.socket, Any]] = set()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, name=f"tunnel-{self.port}", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                client, peer = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                channel = self.transport.open_channel("direct-tcpip", self.remote, peer,
+                                                      timeout=self.open_timeout)
+            except (paramiko.SSHException, EOFError, OSError):
+                # The host could not reach the target (or the link is gone): the client sees a reset.
+                client.close()
+                continue
+            with self.lock:
+                if self.stopped.is_set():
+                    channel.close()
+                    client.close()
+                    return
+                self.pairs.add((client, channel))
+            threading.Thread(target=self._pump, args=(client, channel), daemon=True).start()
+
+    def _pump(self, client: socket.socket, channel: paramiko.Channel) -> None:
+        try:
+            while not self.stopped.is_set():
+                readable, _, _ = select.select([client, channel], [], [], 1.0)
+                if client in readable:
+                    data = client.recv(65536)
+                    if not data:
+                        break
+                    channel.sendall(data)
+                if channel in readable:
+                    data = channel.recv(65536)
+                    if not data:
+                        break
+                    client.sendall(data)
+        except (OSError, paramiko.SSHException, EOFError):
+            pass
+        finally:
+            with self.lock:
+                self.pairs.discard((client, channel))
+            channel.close()
+            client.close()
+
+    def close(self) -> None:
+        self.stopped.set()
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        with self.lock:
+            pairs, self.pairs = list(self.pairs), set()
+        for client, channel in pairs:
+            channel.close()
+            try:
+                client.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

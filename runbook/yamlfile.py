@@ -1,0 +1,102 @@
+"""YAML loading that remembers where every value came from.
+
+Inventory and playbook errors must name ``file:line``; ruamel.yaml's round-trip loader keeps the
+line of every mapping key and sequence item, and pydantic's error locations are walked back through
+the loaded tree to find it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import ConfigError
+
+
+def load(path: Path, what: str) -> Any:
+    """Parse ``path``; a syntax error becomes one ConfigError naming file and line."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found", path=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what}: {exc.strerror}", path=str(path)) from None
+    try:
+        return YAML(typ="rt").load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = exc.problem or exc.context or "malformed YAML"
+        raise ConfigError(f"malformed YAML: {problem}", path=str(path), line=line) from None
+    except YAMLError as exc:
+        raise ConfigError(f"malformed YAML: {exc}", path=str(path)) from None
+
+
+def line_of(tree: Any, loc: Sequence[Any]) -> int | None:
+    """The 1-based line of the deepest node of ``loc`` that exists in ``tree``."""
+    line: int | None = None
+    node = tree
+    for key in loc:
+        lc = getattr(node, "lc", None)
+        try:
+            if isinstance(node, dict) and key in node:
+                if lc is not None:
+                    line = lc.key(key)[0] + 1
+                node = node[key]
+            elif isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node):
+                if lc is not None:
+                    line = lc.item(key)[0] + 1
+                node = node[key]
+            else:
+                break
+        except (KeyError, IndexError, TypeError):
+            break
+    if line is None:
+        lc = getattr(tree, "lc", None)
+        if lc is not None and getattr(lc, "line", None) is not None:
+            line = lc.line + 1
+    return line
+
+
+def dotted(loc: Sequence[Any]) -> str:
+    """``('environments', 'prod', 'hosts', 0, 'ssh')`` -> ``environments.prod.hosts[0].ssh``."""
+    out = ""
+    for key in loc:
+        if isinstance(key, int):
+            out += f"[{key}]"
+        else:
+            out += ("." if out else "") + str(key)
+    return out
+
+
+def config_error(exc: Any, tree: Any, path: Path, prefix: Sequence[Any] = ()) -> ConfigError:
+    """Turn the first error of a pydantic ValidationError into one located ConfigError."""
+    err = exc.errors()[0]
+    loc = [*prefix, *[k for k in err["loc"] if not (isinstance(k, str) and k.startswith("function-"))]]
+    # pydantic puts union-member tags and model names in loc; keep only keys that exist
+    clean: list[Any] = []
+    node = tree
+    for key in loc:
+        if isinstance(node, dict) and key in node:
+            node = node[key]
+            clean.append(key)
+        elif isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node):
+            node = node[key]
+            clean.append(key)
+        elif err["type"] == "missing" and key == loc[-1]:
+            clean.append(key)
+        elif err["type"] == "extra_forbidden" and key == loc[-1]:
+            clean.append(key)
+    msg = err["msg"]
+    kind = err["type"]
+    where = dotted(clean) or "top level"
+    if kind == "missing":
+        text = f"missing key '{clean[-1] if clean else where}' in {dotted(clean[:-1]) or 'top level'}"
+    elif kind == "extra_forbidden":
+        text = f"unknown key '{clean[-1]}' in {dotted(clean[:-1]) or 'top level'}"
+    else:
+        text = f"{where}: {msg}"
+    return ConfigError(text, path=str(path), line=line_of(tree, clean))
