@@ -339,6 +339,17 @@ def test_ssh_refused_port_is_connect_error(sshd: SSHServer) -> None:
         SSHTransport(**sshd.transport_kwargs(port=dead_port)).connect()
 
 
+def test_ssh_silent_server_times_out_as_connect_error(sshd: SSHServer) -> None:
+    """A port that accepts but never speaks SSH fails within the (fractional) connect timeout."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        transport = SSHTransport(**sshd.transport_kwargs(port=port, connect_timeout=0.5))
+        started = time.monotonic()
+        with pytest.raises(ConnectError, match=f"127.0.0.1:{port}: no SSH banner within 0.5s"):
+            transport.connect()
+        assert time.monotonic() - started < 3
+
+
 def test_ssh_command_killed_by_signal_is_command_failed(ssh: SSHTransport) -> None:
     """A command killed by a signal is a failed command (128+N), not a lost connection."""
     with pytest.raises(CommandFailed) as info:
@@ -349,7 +360,7 @@ def test_ssh_command_killed_by_signal_is_command_failed(ssh: SSHTransport) -> No
 
 # Walks up from the command's shell to the sshd process serving this connection.
 _KILL_SSHD = ("p=$$; while [ \"$(cat /proc/$p/comm)\" != sshd ]; do "
-              "p=$(awk '{print $4}' /proc/$p/stat); done; kill -9 $p; sleep 5")
+              "p=$(awk '{print $4}' /proc/$p/stat); done; kill -9 $p; sleep 3")
 
 
 @pytest.mark.parametrize("timeout", [None, 10])

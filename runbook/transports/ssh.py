@@ -142,7 +142,13 @@ class SSHTransport(Transport):
         except paramiko.AuthenticationException as exc:
             raise ConnectError(f"cannot log in to {self.where} with key {self.key_path}: {exc}") from exc
         except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise ConnectError(f"cannot connect to {self.where}: {exc or type(exc).__name__}") from exc
+            transport = conn.client.get_transport()
+            if transport is not None and not transport.remote_version:
+                # Paramiko then reports "No existing session", which says nothing useful.
+                reason = f"no SSH banner within {self.connect_timeout:g}s (is sshd listening there?)"
+            else:
+                reason = str(exc) or type(exc).__name__
+            raise ConnectError(f"cannot connect to {self.where}: {reason}") from exc
 
     def _known_hosts_name(self) -> str:
         return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
