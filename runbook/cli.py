@@ -79,6 +79,14 @@ def execute(inventory_path: Path, env_name: str, playbook_name: str, options: An
     except RunbookError as exc:
         _error(options, exc)
         return exc.exit_code
+    if playbook_name == "status":
+        from .status import render as status
+
+        try:
+            return status(plan, options)
+        except RunbookError as exc:
+            _error(options, exc)
+            return exc.exit_code
     if options.dry_run:
         from .dryrun import render
 
@@ -122,7 +130,8 @@ def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any)
     inv = inventory.load(inventory_path)
     env = inv.environment(env_name)
     REDACTOR.add(*env.secrets())
-    pb = playbook.load(playbook.find(playbook_name, inv.path.parent))
+    # status is built in: read-only, no run lock, no journal of its own
+    pb = None if playbook_name == "status" else playbook.load(playbook.find(playbook_name, inv.path.parent))
     if env.config.alembic.remote:
         raise ConfigError("alembic.remote is not supported yet: drive the project's Alembic in-process "
                           "with alembic.config", path=str(inv.path))
@@ -130,16 +139,20 @@ def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any)
     verify.load_all(migrations)
     if options.to:
         migrations.resolve(options.to)
-    if options.restore is not None and pb.name != "rollback":
+    if options.restore is not None and (pb is None or "rollback" not in pb.kinds()):
         raise ConfigError("--restore only applies to the rollback playbook")
-    _confirm(env, options)
+    if pb is not None and "rollback" in pb.kinds() and not options.yes and not options.dry_run \
+            and not sys.stdin.isatty():
+        raise ConfigError(f"'{playbook_name}' needs --yes when there is no terminal to confirm on "
+                          "(it says what it will do and asks before acting)")
+    _confirm(env, options, pb)
     return Plan(env, pb, migrations)
 
 
-def _confirm(env: Any, options: Any) -> None:
+def _confirm(env: Any, options: Any, pb: Any) -> None:
     from .errors import ConfigError
 
-    if not env.protected or options.yes or options.dry_run:
+    if not env.protected or options.yes or options.dry_run or pb is None or "rollback" in pb.kinds():
         return
     if not sys.stdin.isatty():
         raise ConfigError(f"environment '{env.name}' is protected: pass --yes to run without a terminal")

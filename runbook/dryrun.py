@@ -20,6 +20,15 @@ from .migrations import fmt
 def host_plan(engine: Any, host: Any, target: str) -> dict[str, Any]:
     from . import postgres
 
+    current, db = read_current(engine, host)
+    if "rollback" in engine.playbook.kinds():
+        return rollback_plan(engine, host, current, db)
+    return upgrade_plan(engine, host, current, db, target)
+
+
+def read_current(engine: Any, host: Any) -> tuple[tuple[str, ...], Any]:
+    from . import postgres
+
     with contextlib.ExitStack() as stack:
         db, _bin, _created = engine._database(host, stack)
         transport = stack.enter_context(engine._transport(host))
@@ -29,6 +38,27 @@ def host_plan(engine: Any, host: Any, target: str) -> dict[str, Any]:
         with postgres.connect(endpoint, purpose="dry-run") as conn:
             conn.execute("SET default_transaction_read_only = on")
             current = postgres.current_revisions(conn)
+    return current, db
+
+
+def rollback_plan(engine: Any, host: Any, current: tuple[str, ...], db: Any) -> dict[str, Any]:
+    from types import SimpleNamespace
+
+    from .steps import rollback
+
+    if engine.options.restore is not None:
+        return {"host": host.name, "database": db.name, "current": fmt(current),
+                "lines": [f"Restore {engine.options.restore} over {db.name} at {fmt(current)} "
+                          "(the current state is backed up first)."]}
+    ctx = SimpleNamespace(options=engine.options, env=engine.env, host=host, migrations=engine.migrations,
+                          log=engine.log)
+    p = rollback.plan(ctx, current)
+    return {"host": host.name, "database": db.name, "current": fmt(current), "target": p["to"],
+            "why": p["why"], "undo": [r.id for r in p["undo"]], "destroys": p["destroys"],
+            "irreversible": [r.id for r in p["irreversible"]], "lines": p["lines"]}
+
+
+def upgrade_plan(engine: Any, host: Any, current: tuple[str, ...], db: Any, target: str) -> dict[str, Any]:
     migrations = engine.migrations
     pending = migrations.pending(current, target)
     revisions = []
@@ -67,6 +97,10 @@ def render(plan: Any, options: Any) -> int:
            "  steps:      " + " -> ".join(report["steps"]),
            "  on failure: " + (" -> ".join(report["on_failure"]) or "nothing")]
     for hp in report["hosts"]:
+        if "lines" in hp:
+            out.append("")
+            out.extend(hp["lines"])
+            continue
         out.append(f"\nHost {hp['host']}: {hp['database']} at {hp['current']}, target {hp['target']}")
         if not hp["revisions"]:
             out.append("  nothing to migrate")

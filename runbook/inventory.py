@@ -62,6 +62,26 @@ class WindowConfig(_Model):
     end: str
     tz: str = "UTC"
 
+    @field_validator("start", "end")
+    @classmethod
+    def _clock_time(cls, value: str) -> str:
+        hours, sep, minutes = str(value).partition(":")
+        if not (sep and hours.isdigit() and minutes.isdigit() and len(minutes) == 2
+                and int(hours) < 24 and int(minutes) < 60):
+            raise ValueError(f"'{value}' is not a time like 02:00 (24-hour HH:MM)")
+        return value
+
+    @field_validator("tz")
+    @classmethod
+    def _time_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone '{value}' (e.g. UTC, Europe/Paris)") from None
+        return value
+
 
 class LocksConfig(_Model):
     lock_timeout: Duration = 5.0
@@ -176,10 +196,17 @@ class Inventory:
             db = None
             if not cfg.embedded:
                 merged = {**(cfg.database or {}), **(host.database or {})}
-                where = [*prefix, "hosts", i, "database"] if host.database else [*prefix, "database"]
+                host_where = [*prefix, "hosts", i, "database"]
+                where = host_where if host.database else [*prefix, "database"]
                 try:
                     dbc = DatabaseConfig.model_validate(merged)
                 except ValidationError as exc:
+                    # Point at the block the offending key was written in, not just the nearest one.
+                    key = exc.errors()[0]["loc"][:1]
+                    if key and cfg.database and key[0] in cfg.database and key[0] not in (host.database or {}):
+                        where = [*prefix, "database"]
+                    elif not cfg.database:
+                        where = host_where
                     raise yamlfile.config_error(exc, self.tree, self.path, where) from None
                 password = None
                 if dbc.password_env:
@@ -191,7 +218,12 @@ class Inventory:
                             path=str(self.path),
                             line=yamlfile.line_of(self.tree, [*where, "password_env"]))
                 db = Database(dbc.host, dbc.port, dbc.name, dbc.user, password, dbc.password_env)
-            hosts.append(Host(host.name, host.ssh, db))
+            ssh = host.ssh
+            if ssh is not None:  # relative to the inventory, never to the cwd of whoever runs runbook
+                ssh = ssh.model_copy(update={
+                    "known_hosts": str(expand(ssh.known_hosts, base)),
+                    "key": str(expand(ssh.key, base)) if ssh.key else None})
+            hosts.append(Host(host.name, ssh, db))
         if cfg.embedded and not hosts:
             hosts.append(Host("localhost", None, None))
         alembic_ini = self._alembic_ini(cfg, name)

@@ -132,3 +132,15 @@ def runs(state_dir: Path, env: str | None = None) -> list[RunRecord]:
             out.append(RunRecord(data))
     out.sort(key=lambda r: (str(r.data.get("started")), str(r.data.get("run_id"))), reverse=True)
     return out
+
+
+def last_successful(state_dir: Path, env: str, host: str, playbook: str = "migrate") -> dict[str, Any] | None:
+    """The host record of the newest successful run of ``playbook`` that changed something."""
+    for rec in runs(state_dir, env):
+        data = rec.data
+        if data.get("playbook") != playbook or data.get("status") != "succeeded":
+            continue
+        hostrec = (data.get("hosts") or {}).get(host)
+        if hostrec and hostrec.get("start_revision") != hostrec.get("end_revision"):
+            return {**hostrec, "run_id": data.get("run_id"), "started": data.get("started")}
+    return None

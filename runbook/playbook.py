@@ -53,6 +53,10 @@ class RestoreParams(_Params):
     backup: str = "run"
 
 
+class NoParams(_Params):
+    pass
+
+
 class ShellParams(_Params):
     command: str
     timeout: Duration = 600.0
@@ -66,6 +70,8 @@ PARAMS: dict[str, type[_Params]] = {
     "verify": VerifyParams,
     "restore": RestoreParams,
     "shell": ShellParams,
+    "rollback": NoParams,
+    "prune": NoParams,
 }
 
 

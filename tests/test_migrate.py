@@ -35,7 +35,7 @@ def test_migrate_over_ssh_from_first_revision_to_head(project: Project) -> None:
 
     events = project.events()
     finished = [e for e in events if e["event"] == "step_finished"]
-    assert [e["step"] for e in finished] == ["backup", "check_locks", "upgrade", "verify"]
+    assert [e["step"] for e in finished] == ["backup", "check_locks", "upgrade", "verify", "prune"]
     for e in finished:
         assert e["run_id"] and e["env"] == "prod" and e["host"] == "db1" and e["duration_ms"] >= 0
     backup_event = finished[0]

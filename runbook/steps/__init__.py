@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 
 def runner(kind: str) -> Callable[[Any, Any], dict[str, Any]]:
-    from . import backup, locks, migrate, restore, shell, verify
+    from . import backup, locks, migrate, prune, restore, rollback, shell, verify
 
     table: dict[str, Callable[[Any, Any], dict[str, Any]]] = {
         "backup": backup.run,
@@ -16,5 +16,7 @@ def runner(kind: str) -> Callable[[Any, Any], dict[str, Any]]:
         "verify": verify.run,
         "restore": restore.run,
         "shell": shell.run,
+        "rollback": rollback.run,
+        "prune": prune.run,
     }
     return table[kind]

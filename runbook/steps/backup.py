@@ -10,7 +10,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+import sys
+
 from ..context import Backup, Context
+from ..progress import Progress
 from ..errors import BackupError, CommandFailed, CommandTimedOut
 from ..migrations import fmt
 from ..postgres import pg_dump_cmd, pg_restore_list_cmd
@@ -42,7 +45,7 @@ def take(ctx: Context, label: str = "") -> Backup:
         'echo "$sum $size"',
     ])
     try:
-        with pg_env(ctx) as env:
+        with pg_env(ctx) as env, progress(ctx, "pg_dump", partial):
             result = ctx.transport.run(script, env=env, timeout=ctx.env.config.backup.timeout)
     except CommandFailed as exc:
         tail = exc.result.tail(5) if exc.result is not None else str(exc)
@@ -59,6 +62,16 @@ def take(ctx: Context, label: str = "") -> Backup:
                           step="backup", host=ctx.host.name) from exc
     ctx.backups.append(backup)
     return backup
+
+
+def progress(ctx: Context, label: str, path: str | None = None) -> Progress:
+    """Elapsed time (and bytes written to ``path``) on a TTY while a long command runs."""
+    def measure() -> int | None:
+        out = ctx.transport.run(f"stat -c %s {quote(path)} 2>/dev/null", check=False, timeout=5)
+        return int(out.stdout.strip()) if out.ok and out.stdout.strip().isdigit() else None
+
+    enabled = sys.stderr.isatty() and not ctx.options.json
+    return Progress(label, measure=measure if path else None, enabled=enabled)
 
 
 def run(ctx: Context, params: Any) -> dict[str, Any]:

@@ -58,7 +58,7 @@ def restore(ctx: Context, backup: Backup) -> Backup:
         + " > /dev/null"
     )
     try:
-        with pg_env(ctx) as env:
+        with pg_env(ctx) as env, backup_step.progress(ctx, f"restoring {backup.name}"):
             ctx.transport.run(script, env=env, timeout=ctx.env.config.backup.timeout)
     except CommandFailed as exc:
         tail = exc.result.tail(5) if exc.result is not None else str(exc)

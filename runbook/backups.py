@@ -1,0 +1,103 @@
+"""The backups on a database host: listing, choosing one to restore, pruning by retention.
+
+Backups are ``<db>_<env>_<UTC stamp>_<revision>[_<label>].dump`` in the environment's backup folder,
+each with a ``.sha256`` file written only after ``pg_restore --list`` read the dump: a dump with that
+file is a verified backup. Labels mark the safety copies runbook takes of a state it is about to
+leave (``pre-rollback``, ``pre-restore``); those are never the default backup to restore.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .transports.base import Transport, quote
+
+SAFETY_LABELS = ("_pre-restore", "_pre-rollback")
+
+
+@dataclass(frozen=True)
+class BackupFile:
+    """One dump on the host, as ``status`` and ``rollback --restore`` see it."""
+
+    path: str
+    name: str
+    size: int
+    mtime: float
+    sha256: str | None
+    stamp: str
+    revision: str
+    label: str
+
+    @property
+    def verified(self) -> bool:
+        return self.sha256 is not None
+
+    @property
+    def safety_copy(self) -> bool:
+        return self.label in SAFETY_LABELS
+
+    def age_s(self) -> float:
+        return max(0.0, time.time() - self.mtime)
+
+    def fact(self) -> dict[str, Any]:
+        return {"name": self.name, "path": self.path, "size": self.size, "age_s": round(self.age_s()),
+                "sha256": self.sha256, "verified": self.verified, "revision": self.revision,
+                "label": self.label.lstrip("_") or None}
+
+
+def parse_name(name: str, prefix: str) -> tuple[str, str, str] | None:
+    """``<prefix><stamp>_<revision>[_label].dump`` -> (stamp, revision, label)."""
+    if not name.startswith(prefix) or not name.endswith(".dump"):
+        return None
+    rest = name[len(prefix):-len(".dump")]
+    label = ""
+    for candidate in SAFETY_LABELS:
+        if rest.endswith(candidate):
+            rest, label = rest[: -len(candidate)], candidate
+    stamp, _, revision = rest.partition("_")
+    if len(stamp) != 16 or not stamp.endswith("Z"):
+        return None
+    return stamp, revision, label
+
+
+def list_backups(transport: Transport, folder: str, db: str, env: str) -> list[BackupFile]:
+    """The backups of ``db`` in ``env`` in ``folder`` on the host, newest first."""
+    prefix = f"{db}_{env}_"
+    script = (f"cd {quote(folder)} 2>/dev/null || exit 0; "
+              f"for f in {quote(prefix)}*.dump; do [ -f \"$f\" ] || continue; "
+              "s=$(cat \"$f.sha256\" 2>/dev/null | cut -d' ' -f1); "
+              "printf '%s\\t%s\\t%s\\n' \"$f\" \"$(stat -c '%s %Y' \"$f\")\" \"$s\"; done")
+    out = transport.run(script, timeout=60).stdout
+    found: list[BackupFile] = []
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if len(parts) != 3:
+            continue
+        name, stat, digest = parts
+        parsed = parse_name(name, prefix)
+        if parsed is None:
+            continue
+        size, mtime = stat.split()
+        stamp, revision, label = parsed
+        found.append(BackupFile(f"{folder.rstrip('/')}/{name}", name, int(size), float(mtime),
+                                digest or None, stamp, revision, label))
+    found.sort(key=lambda b: (b.stamp, b.mtime, b.name), reverse=True)
+    return found
+
+
+def newest_restorable(backups: list[BackupFile]) -> BackupFile | None:
+    for b in backups:
+        if b.verified and not b.safety_copy:
+            return b
+    return None
+
+
+def to_prune(backups: list[BackupFile], keep: int, protected: set[str]) -> list[BackupFile]:
+    """Everything beyond the newest ``keep``, except protected names and the newest verified backup."""
+    newest = newest_restorable(backups)
+    keepers = {b.name for b in backups[:keep]} | set(protected)
+    if newest is not None:
+        keepers.add(newest.name)
+    return [b for b in backups if b.name not in keepers]

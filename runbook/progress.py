@@ -1,0 +1,60 @@
+"""Progress on long steps (backup, restore) for a person at a terminal.
+
+A background thread rewrites one stderr line with the elapsed time and, where it can be measured
+cheaply, the bytes written so far. Nothing is shown without a TTY or with ``--json``: cron logs and
+machines get the structured events only.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Callable, TextIO
+
+
+class Progress:
+    def __init__(self, label: str, *, measure: Callable[[], int | None] | None = None,
+                 stream: TextIO | None = None, enabled: bool | None = None, interval: float = 1.0) -> None:
+        self.label = label
+        self.measure = measure
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.started = time.monotonic()
+        self.lines = 0
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.started
+        text = f"  {self.label}: {elapsed:5.0f}s"
+        if self.measure is not None:
+            try:
+                size = self.measure()
+            except Exception:
+                size = None
+            if size is not None:
+                text += f", {size / 1_048_576:,.1f} MB written"
+        return text
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.stream.write("\r" + self.line() + "\033[K")
+            self.stream.flush()
+            self.lines += 1
+
+    def __enter__(self) -> "Progress":
+        self.started = time.monotonic()
+        if self.enabled:
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            if self.lines:
+                self.stream.write("\r\033[K")
+                self.stream.flush()

@@ -1,0 +1,137 @@
+"""``runbook ENV status``: one screen on the state of each database, for a person or a machine.
+
+Current and head revisions, the pending migrations by name, the last runs from the journal (an
+incomplete one flagged with its last step), the backups on the host, and the lock holders and long
+transactions right now. Read-only: it takes no run lock, so it works while a migrate is running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import click
+
+from . import journal, postgres
+from .backups import list_backups
+from .migrations import fmt
+
+
+def host_status(engine: Any, host: Any) -> dict[str, Any]:
+    env = engine.env
+    migrations = engine.migrations
+    with contextlib.ExitStack() as stack:
+        db, _bin, _created = engine._database(host, stack)
+        transport = stack.enter_context(engine._transport(host))
+        tunnel, endpoint = engine._connect(host, transport, db)
+        stack.callback(tunnel.close)
+        engine._check_reachable(endpoint, host)
+        with postgres.connect(endpoint, purpose="status") as conn:
+            conn.execute("SET default_transaction_read_only = on")
+            current = postgres.current_revisions(conn)
+            sessions = postgres.sessions(conn)
+        folder = env.config.backup.dir
+        if env.embedded and "backup" not in env.config.model_fields_set:
+            folder = str(env.state_dir / "backups")
+        if folder.startswith("~"):
+            folder = transport.home.rstrip("/") + folder[1:]
+        found = list_backups(transport, folder, db.name, env.name)
+    pending = migrations.pending(current, "heads")
+    long_tx = env.config.locks.long_transaction
+    interesting = [s for s in sessions if s.locks or (s.state or "").startswith("idle in transaction")
+                   or (s.xact_age_s or 0) >= long_tx]
+    return {"host": host.name, "database": db.name, "current": fmt(current),
+            "head": fmt(migrations.heads()),
+            "pending": [{"revision": r.id, "doc": r.doc} for r in pending],
+            "backups": [b.fact() for b in found], "backup_dir": folder,
+            "sessions": [s.fact() for s in interesting]}
+
+
+def runs_summary(env: Any, limit: int = 5) -> list[dict[str, Any]]:
+    out = []
+    for rec in journal.runs(env.state_dir, env.name)[:limit]:
+        d = rec.data
+        last = rec.last_step() or {}
+        out.append({"run_id": d.get("run_id"), "playbook": d.get("playbook"), "status": d.get("status"),
+                    "exit_code": d.get("exit_code"), "started": d.get("started"),
+                    "finished": d.get("finished"), "duration_s": _duration(d),
+                    "incomplete": rec.incomplete, "last_step": last.get("step"),
+                    "last_step_outcome": last.get("outcome"),
+                    "hosts": {h: {k: v.get(k) for k in ("start_revision", "end_revision")}
+                              for h, v in (d.get("hosts") or {}).items()}})
+    return out
+
+
+def _duration(d: dict[str, Any]) -> float | None:
+    from datetime import datetime
+
+    try:
+        return (datetime.fromisoformat(d["finished"]) - datetime.fromisoformat(d["started"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n = n / 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def render(plan: Any, options: Any) -> int:
+    from .context import Options
+    from .engine import Engine
+    from .journal import Journal, new_run_id
+
+    env = plan.env
+    engine = Engine(env, plan.playbook, options or Options(),
+                    Journal(env.state_dir, new_run_id(), env.name, "status", []), plan.migrations)
+    report = {"env": env.name, "hosts": [host_status(engine, h) for h in env.hosts],
+              "runs": runs_summary(env)}
+    if options.json:
+        click.echo(json.dumps({"event": "status", **report}, default=str))
+        return 0
+    lines = [f"Environment {env.name}"]
+    for hs in report["hosts"]:
+        lines.append(f"\n{hs['host']}: {hs['database']} at {hs['current']} (head {hs['head']})")
+        if hs["pending"]:
+            lines.append(f"  pending: " + "; ".join(f"{p['revision']} {p['doc']}" for p in hs["pending"]))
+        else:
+            lines.append("  pending: none, up to date")
+        lines.append(f"  backups in {hs['backup_dir']}: {len(hs['backups'])}")
+        for b in hs["backups"][:5]:
+            mark = "" if b["verified"] else "  UNVERIFIED"
+            label = f" [{b['label']}]" if b["label"] else ""
+            lines.append(f"    {b['name']}  {_size(b['size'])}  {_age(b['age_s'])} old  "
+                         f"sha256 {str(b['sha256'])[:12]}{label}{mark}")
+        if hs["sessions"]:
+            lines.append(f"  sessions holding locks or in long/idle transactions: {len(hs['sessions'])}")
+            for s in hs["sessions"][:8]:
+                lines.append(f"    pid {s['pid']} {s['user']} {s['application'] or '-'} {s['state']} "
+                             f"{s['xact_age_s']}s in tx; locks {', '.join(s['locks']) or '-'}; "
+                             f"{(s['query'] or '').strip()[:60]}")
+        else:
+            lines.append("  lock holders and long transactions: none")
+    lines.append("\nLast runs:")
+    if not report["runs"]:
+        lines.append("  none recorded")
+    for r in report["runs"]:
+        flag = f"  INCOMPLETE (stopped during {r['last_step']})" if r["incomplete"] else ""
+        dur = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "-"
+        revs = "; ".join(f"{h} {v['start_revision']}->{v['end_revision']}" for h, v in r["hosts"].items())
+        lines.append(f"  {r['run_id']}  {r['playbook']:<9} {str(r['status']):<12} exit {r['exit_code']}  "
+                     f"{dur}  {revs}{flag}")
+    click.echo("\n".join(lines))
+    return 0
