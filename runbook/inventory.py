@@ -18,7 +18,8 @@ from . import yamlfile
 from .errors import ConfigError
 from .units import Duration
 
-DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class _Model(BaseModel):
@@ -27,7 +28,7 @@ class _Model(BaseModel):
 
 class SSHConfig(_Model):
     host: str
-    port: int = Field(22, ge=1, le=65535)
+    port: int = Field(default=22, ge=1, le=65535)
     user: str | None = None
     key: str | None = None
     known_hosts: str = "~/.ssh/known_hosts"
@@ -37,7 +38,7 @@ class SSHConfig(_Model):
 
 class DatabaseConfig(_Model):
     host: str = "localhost"
-    port: int = Field(5432, ge=1, le=65535)
+    port: int = Field(default=5432, ge=1, le=65535)
     name: str
     user: str
     password_env: str | None = None
@@ -52,12 +53,12 @@ class DatabaseConfig(_Model):
 
 class BackupConfig(_Model):
     dir: str = "~/runbook-backups"
-    keep: int = Field(10, ge=1)
+    keep: int = Field(default=10, ge=1)
     timeout: Duration = 6 * 3600.0
 
 
 class WindowConfig(_Model):
-    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = list(DAYS)
+    days: list[Day] = list(DAYS)
     start: str
     end: str
     tz: str = "UTC"

@@ -99,6 +99,9 @@ def configure(*, json_stdout: bool = False, tty: bool | None = None, quiet: bool
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # Tracebacks become text before redaction: a secret in an exception message is scrubbed,
+        # and the run log keeps the traceback instead of "exc_info": true.
+        structlog.processors.format_exc_info,
         REDACTOR,
         RUN_LOG,
         _drop_internal,

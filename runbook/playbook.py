@@ -132,6 +132,7 @@ def find(name: str, inventory_dir: Path) -> Path:
 
 def _step(entry: Any, tree: Any, path: Path, loc: list[Any]) -> Step:
     line = yamlfile.line_of(tree, loc)
+    raw: Any
     if isinstance(entry, str):
         kind, raw = entry, {}
     elif isinstance(entry, dict) and len(entry) == 1:

@@ -39,7 +39,7 @@ def _walk(node: Any) -> Iterator[Any]:
 
     if isinstance(node, ast.Node):
         yield node
-        for name in node.__slots__:
+        for name in getattr(node, "__slots__", ()):
             yield from _walk(getattr(node, name, None))
     elif isinstance(node, (list, tuple)):
         for item in node:
@@ -53,7 +53,7 @@ def _name(rv: Any) -> str:
 def _strings(obj: Any) -> str:
     from pglast import ast
 
-    parts = [n.sval for n in _walk(obj) if isinstance(n, ast.String)]
+    parts = [str(n.sval) for n in _walk(obj) if isinstance(n, ast.String)]
     parts = [p for p in parts if p != "public"] if len(parts) > 1 else parts
     return ".".join(parts)
 
@@ -126,34 +126,63 @@ def analyze(sql: str) -> list[Statement]:
     return out
 
 
+_STRENGTH = [None, ACCESS_SHARE, ROW_EXCLUSIVE, SHARE_UPDATE_EXCLUSIVE, SHARE, SHARE_ROW_EXCLUSIVE,
+             ACCESS_EXCLUSIVE]
+
+
+def _stronger(a: str | None, b: str | None) -> str | None:
+    return a if _STRENGTH.index(a) >= _STRENGTH.index(b) else b
+
+
+def _subcommand_lock(cmd: Any) -> str:
+    """The lock one ALTER TABLE subcommand takes (PostgreSQL's ALTER TABLE reference)."""
+    from pglast import ast, enums
+
+    names = {getattr(enums.AlterTableType, n, None) for n in (
+        "AT_SetStatistics", "AT_ClusterOn", "AT_DropCluster", "AT_SetRelOptions", "AT_ResetRelOptions",
+        "AT_ValidateConstraint", "AT_AttachPartition")}
+    if cmd.subtype in names:
+        return SHARE_UPDATE_EXCLUSIVE
+    if "Trig" in cmd.subtype.name:  # ENABLE/DISABLE TRIGGER
+        return SHARE_ROW_EXCLUSIVE
+    if cmd.subtype == enums.AlterTableType.AT_AddConstraint and isinstance(cmd.def_, ast.Constraint) \
+            and cmd.def_.contype == enums.ConstrType.CONSTR_FOREIGN:
+        return SHARE_ROW_EXCLUSIVE
+    return ACCESS_EXCLUSIVE
+
+
 def _alter_table(stmt: Any, info: Statement, created: set[str]) -> str:
+    """The strongest lock of the subcommands, and the warnings for an existing table."""
     from pglast import ast, enums
 
     T = enums.AlterTableType
+    C = enums.ConstrType
     table = _name(stmt.relation)
     new_table = table in created
-    lock = ACCESS_EXCLUSIVE
-    only_validate = True
+    lock: str | None = None
     for cmd in stmt.cmds or ():
+        if not isinstance(cmd, ast.AlterTableCmd):
+            continue
+        lock = _stronger(lock, _subcommand_lock(cmd))
         sub = cmd.subtype
-        if sub != T.AT_ValidateConstraint:
-            only_validate = False
         if new_table:
             continue
         if sub == T.AT_AddColumn and isinstance(cmd.def_, ast.ColumnDef):
             cons = cmd.def_.constraints or ()
             kinds = {c.contype for c in cons if isinstance(c, ast.Constraint)}
-            if enums.ConstrType.CONSTR_NOTNULL in kinds and enums.ConstrType.CONSTR_DEFAULT not in kinds:
+            if C.CONSTR_NOTNULL in kinds and C.CONSTR_DEFAULT not in kinds:
                 info.warnings.append(f"adds NOT NULL column {table}.{cmd.def_.colname} without a default: "
                                      "fails on a table with rows")
         elif sub == T.AT_AddConstraint and isinstance(cmd.def_, ast.Constraint):
             c = cmd.def_
-            if c.contype in (enums.ConstrType.CONSTR_CHECK, enums.ConstrType.CONSTR_FOREIGN) \
-                    and not c.skip_validation:
-                info.warnings.append(f"adds constraint {c.conname or ''} on {table} without NOT VALID: "
-                                     "the whole table is scanned under an ACCESS EXCLUSIVE lock")
-            if c.contype == enums.ConstrType.CONSTR_FOREIGN:
-                lock = SHARE_ROW_EXCLUSIVE if lock != ACCESS_EXCLUSIVE else lock
+            if c.contype in (C.CONSTR_CHECK, C.CONSTR_FOREIGN) and not c.skip_validation:
+                info.warnings.append(
+                    f"adds constraint {c.conname or ''} on {table} without NOT VALID: the whole table is "
+                    f"scanned under a {_subcommand_lock(cmd)} lock (add it NOT VALID, then VALIDATE)")
+            elif c.contype in (C.CONSTR_PRIMARY, C.CONSTR_UNIQUE) and not c.indexname:
+                info.warnings.append(
+                    f"adds constraint {c.conname or ''} on {table} by building its index under an "
+                    "ACCESS EXCLUSIVE lock (CREATE UNIQUE INDEX CONCURRENTLY first, then USING INDEX)")
         elif sub == T.AT_SetNotNull:
             info.warnings.append(f"sets NOT NULL on {table}.{cmd.name}: the whole table is scanned "
                                  "under an ACCESS EXCLUSIVE lock")
@@ -162,9 +191,7 @@ def _alter_table(stmt: Any, info: Statement, created: set[str]) -> str:
                                  "under an ACCESS EXCLUSIVE lock")
         elif sub == T.AT_DropColumn:
             info.warnings.append(f"drops column {table}.{cmd.name}: its data is gone")
-    if only_validate and stmt.cmds:
-        lock = SHARE_UPDATE_EXCLUSIVE
-    return lock
+    return lock or ACCESS_EXCLUSIVE
 
 
 def touched_tables(sql: str) -> list[str]:

@@ -67,7 +67,7 @@ def take(ctx: Context, label: str = "") -> Backup:
 def progress(ctx: Context, label: str, path: str | None = None) -> Progress:
     """Elapsed time (and bytes written to ``path``) on a TTY while a long command runs."""
     def measure() -> int | None:
-        out = ctx.transport.run(f"stat -c %s {quote(path)} 2>/dev/null", check=False, timeout=5)
+        out = ctx.transport.run(f"stat -c %s {quote(str(path))} 2>/dev/null", check=False, timeout=5)
         return int(out.stdout.strip()) if out.ok and out.stdout.strip().isdigit() else None
 
     enabled = sys.stderr.isatty() and not ctx.options.json

@@ -123,7 +123,7 @@ def run(ctx: Context, params: Any) -> dict[str, Any]:
     ctx.backup = backup_step.take(ctx, label="_pre-rollback")
     ctx.log.info("current_state_saved", **ctx.backup.fact())
     ctx.facts["changed"] = True
-    facts.update(migrate.downgrade(ctx, DowngradeParams(to=fmt(target_ids) if target_ids else "base")))
+    facts.update(migrate.downgrade(ctx, DowngradeParams.model_validate({"to": fmt(target_ids) if target_ids else "base"})))
     return facts
 
 
