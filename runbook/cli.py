@@ -145,6 +145,10 @@ def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any)
             and not sys.stdin.isatty():
         raise ConfigError(f"'{playbook_name}' needs --yes when there is no terminal to confirm on "
                           "(it says what it will do and asks before acting)")
+    if not options.dry_run:
+        from .guards import check_window
+
+        check_window(env, pb)
     _confirm(env, options, pb)
     return Plan(env, pb, migrations)
 
