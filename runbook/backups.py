@@ -47,6 +47,13 @@ class BackupFile:
                 "label": self.label.lstrip("_") or None}
 
 
+def folder_of(env: Any) -> str:
+    """The environment's backup folder on its hosts (the embedded cluster's: under its state dir)."""
+    if env.embedded and "backup" not in env.config.model_fields_set:
+        return str(env.state_dir / "backups")
+    return str(env.config.backup.dir)
+
+
 def parse_name(name: str, prefix: str) -> tuple[str, str, str] | None:
     """``<prefix><stamp>_<revision>[_label].dump`` -> (stamp, revision, label)."""
     if not name.startswith(prefix) or not name.endswith(".dump"):
@@ -101,3 +108,21 @@ def to_prune(backups: list[BackupFile], keep: int, protected: set[str]) -> list[
     if newest is not None:
         keepers.add(newest.name)
     return [b for b in backups if b.name not in keepers]
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)  # pragma: no cover
+
+
+def human_age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from .inventory import Database, Environment, Host
 from .journal import Journal
-from .migrations import Migrations
+from .migrations import MigrationBackend
 from .postgres import Endpoint
 from .transports.base import Transport
 
@@ -55,7 +55,7 @@ class Context:
     transport: Transport
     database: Database
     endpoint: Endpoint
-    migrations: Migrations
+    migrations: MigrationBackend
     log: Any
     pg_bin: str | None = None
     backup_dir: str = ""
@@ -65,6 +65,12 @@ class Context:
     backups: list[Backup] = field(default_factory=list)
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        # The steps' migration backend works on this host: remote Alembic runs through its
+        # transport, in-process Alembic through its tunnel (both read live, so a reconnect holds).
+        if getattr(self.migrations, "_ctx", None) is not self:
+            self.migrations = self.migrations.bind(self)
 
     @property
     def locks(self) -> Any:

@@ -9,72 +9,153 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from typing import Any
 
 import click
 
-from . import sqlscan
+from . import postgres, sqlscan
 from .migrations import fmt
 
 
 def host_plan(engine: Any, host: Any, target: str) -> dict[str, Any]:
-    from . import postgres
+    with contextlib.ExitStack() as stack:
+        ctx = connect(engine, host, stack)
+        with ctx.connect("dry-run") as conn:
+            conn.execute("SET default_transaction_read_only = on")
+            current = postgres.current_revisions(conn)
+        if "rollback" in engine.playbook.kinds():
+            return rollback_plan(engine, ctx, current)
+        if "upgrade" not in engine.playbook.kinds():  # backup, verify: no migration to show
+            return {"host": host.name, "database": ctx.database.name, "current": fmt(current),
+                    "lines": [f"Host {host.name}: {ctx.database.name} at {fmt(current)}; "
+                              f"this playbook applies no migration."]}
+        return upgrade_plan(ctx, current, target)
 
-    current, db = read_current(engine, host)
-    if "rollback" in engine.playbook.kinds():
-        return rollback_plan(engine, host, current, db)
-    return upgrade_plan(engine, host, current, db, target)
+
+def connect(engine: Any, host: Any, stack: contextlib.ExitStack) -> Any:
+    """A read-only look at one host: its transport, tunnel and the bound migration backend."""
+    from .context import Context
+
+    db, _bin, _created = engine._database(host, stack)
+    transport = stack.enter_context(engine._transport(host))
+    tunnel, endpoint = engine._connect(host, transport, db)
+    stack.callback(tunnel.close)
+    engine._check_reachable(endpoint, host)
+    return Context(engine.journal.run_id, engine.env, host, engine.options, engine.journal, transport, db,
+                   endpoint, engine.migrations, engine.log)
 
 
 def read_current(engine: Any, host: Any) -> tuple[tuple[str, ...], Any]:
-    from . import postgres
-
     with contextlib.ExitStack() as stack:
-        db, _bin, _created = engine._database(host, stack)
-        transport = stack.enter_context(engine._transport(host))
-        tunnel, endpoint = engine._connect(host, transport, db)
-        stack.callback(tunnel.close)
-        engine._check_reachable(endpoint, host)
-        with postgres.connect(endpoint, purpose="dry-run") as conn:
+        ctx = connect(engine, host, stack)
+        with ctx.connect("dry-run") as conn:
             conn.execute("SET default_transaction_read_only = on")
-            current = postgres.current_revisions(conn)
-    return current, db
+            return postgres.current_revisions(conn), ctx.database
 
 
-def rollback_plan(engine: Any, host: Any, current: tuple[str, ...], db: Any) -> dict[str, Any]:
-    from types import SimpleNamespace
-
+def rollback_plan(engine: Any, ctx: Any, current: tuple[str, ...]) -> dict[str, Any]:
     from .steps import rollback
 
+    from .backups import folder_of
+
+    host, db = ctx.host, ctx.database
+    ctx.backup_dir = folder_of(engine.env)
     if engine.options.restore is not None:
-        return {"host": host.name, "database": db.name, "current": fmt(current),
-                "lines": [f"Restore {engine.options.restore} over {db.name} at {fmt(current)} "
-                          "(the current state is backed up first)."]}
-    ctx = SimpleNamespace(options=engine.options, env=engine.env, host=host, migrations=engine.migrations,
-                          log=engine.log)
+        chosen = rollback.choose_backup(ctx)
+        return {"host": host.name, "database": db.name, "current": fmt(current), "restore": chosen.fact(),
+                "lines": rollback.restore_lines(ctx, chosen, current)}
     p = rollback.plan(ctx, current)
     return {"host": host.name, "database": db.name, "current": fmt(current), "target": p["to"],
             "why": p["why"], "undo": [r.id for r in p["undo"]], "destroys": p["destroys"],
-            "irreversible": [r.id for r in p["irreversible"]], "lines": p["lines"]}
+            "irreversible": [r.id for r in p["irreversible"]], "lines": p["lines"],
+            "restore_instead": p["restore_instead"].fact() if p.get("restore_instead") else None}
 
 
-def upgrade_plan(engine: Any, host: Any, current: tuple[str, ...], db: Any, target: str) -> dict[str, Any]:
-    migrations = engine.migrations
+def upgrade_plan(ctx: Any, current: tuple[str, ...], target: str) -> dict[str, Any]:
+    """Each pending revision with its SQL and locks, and what the history means for this run."""
+    migrations = ctx.migrations
+    want = migrations.resolve(target)
     pending = migrations.pending(current, target)
+    sql = render_sql(migrations, current, target, pending)
     revisions = []
-    prev = current
     for rev in pending:
-        entry: dict[str, Any] = {"revision": rev.id, "doc": rev.doc, "merge": rev.is_merge}
-        try:
-            sql = migrations.offline_sql(prev if len(prev) <= 1 else (), rev.id)
-            stmts = sqlscan.analyze(sql)
-            entry["statements"] = [s.fact() for s in stmts]
-        except Exception as exc:
-            entry["unrenderable"] = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+        entry: dict[str, Any] = {"revision": rev.id, "doc": rev.doc, "merge": rev.is_merge,
+                                 "down": list(rev.down), "branch_labels": list(rev.branch_labels),
+                                 "irreversible": migrations.irreversible(rev)}
+        if isinstance(sql[rev.id], Exception):
+            exc = sql[rev.id]
+            entry["unrenderable"] = (str(exc).strip().splitlines()[-1][:300] if str(exc).strip()
+                                     else type(exc).__name__)
+        else:
+            entry["statements"] = [s.fact() for s in sqlscan.analyze(sql[rev.id])]
         revisions.append(entry)
-        prev = (rev.id,)
-    return {"host": host.name, "database": db.name, "current": fmt(current),
-            "target": fmt(migrations.resolve(target)), "revisions": revisions}
+    return {"host": ctx.host.name, "database": ctx.database.name, "current": fmt(current),
+            "target": fmt(want), "heads": list(migrations.heads()), "backend": migrations.kind,
+            "revisions": revisions, "notes": notes(current, want, migrations.heads(), revisions)}
+
+
+def render_sql(migrations: Any, current: tuple[str, ...], target: str, pending: list[Any]) -> dict[str, Any]:
+    """The offline SQL of each pending revision (or the exception that kept it from rendering).
+
+    One render of the whole range, split at Alembic's ``-- Running upgrade a -> b`` markers (one
+    Alembic start-up when remote); if that fails, each revision alone from its own parents, so the
+    ones that cannot render offline are named and the others still shown.
+    """
+    out: dict[str, Any] = {}
+    if not pending:
+        return out
+    try:
+        parts = split_by_revision(migrations.offline_sql(current, target))
+        if all(r.id in parts for r in pending):
+            return {r.id: parts[r.id] for r in pending}
+    except Exception:  # noqa: BLE001 - some revision cannot render: find out which, one by one
+        pass
+    for rev in pending:
+        try:
+            out[rev.id] = migrations.offline_sql(rev.down, rev.id)
+        except Exception as exc:  # noqa: BLE001 - reported per revision
+            out[rev.id] = exc
+    return out
+
+
+_RUNNING = re.compile(r"^-- Running upgrade (.*?) -> ([^,\s]+)", re.M)
+
+
+def split_by_revision(sql: str) -> dict[str, str]:
+    found = list(_RUNNING.finditer(sql))
+    parts: dict[str, str] = {}
+    for i, m in enumerate(found):
+        start = 0 if i == 0 else m.start()  # the first gets the version table's creation too
+        parts[m.group(2)] = sql[start:found[i + 1].start() if i + 1 < len(found) else len(sql)]
+    return parts
+
+
+def notes(current: tuple[str, ...], want: tuple[str, ...], heads: tuple[str, ...],
+          revisions: list[dict[str, Any]]) -> list[str]:
+    """What the shape of the history means for this run, said plainly."""
+    out = []
+    if len(heads) > 1:
+        out.append(f"the history has {len(heads)} heads ({', '.join(heads)}); this run goes to "
+                   f"{', '.join(want) or 'base'}")
+    if len(current) > 1:
+        out.append(f"the database is at {len(current)} heads ({', '.join(current)}): a rollback "
+                   "downgrades to each of them")
+    for rev in revisions:
+        if rev["merge"]:
+            out.append(f"{rev['revision']} merges {', '.join(rev['down'])}")
+    blocked = [r for r in revisions if r["irreversible"]]
+    if blocked:
+        first = blocked[0]
+        out.append(f"{first['revision']} ({first['doc']}) has no downgrade: if the run fails after it "
+                   "is applied, the rollback restores the run's backup instead of downgrading")
+    elif revisions:
+        out.append(f"on failure, the rollback downgrades to {fmt(current)}")
+    unrenderable = [r["revision"] for r in revisions if "unrenderable" in r]
+    if unrenderable:
+        out.append(f"cannot render offline: {', '.join(unrenderable)} (the lock check then looks at "
+                   "every long transaction instead of the tables touched)")
+    return out
 
 
 def render(plan: Any, options: Any) -> int:
@@ -101,11 +182,16 @@ def render(plan: Any, options: Any) -> int:
             out.append("")
             out.extend(hp["lines"])
             continue
-        out.append(f"\nHost {hp['host']}: {hp['database']} at {hp['current']}, target {hp['target']}")
+        out.append(f"\nHost {hp['host']}: {hp['database']} at {hp['current']}, target {hp['target']}"
+                   + (" (alembic on the host)" if hp.get("backend") == "remote" else ""))
         if not hp["revisions"]:
             out.append("  nothing to migrate")
+        out.extend(f"  note: {note}" for note in hp.get("notes", []))
         for rev in hp["revisions"]:
-            out.append(f"\n  revision {rev['revision']}: {rev['doc']}" + (" (merge)" if rev["merge"] else ""))
+            flags = [f for f, on in (("merge", rev["merge"]), ("NO DOWNGRADE", rev.get("irreversible"))) if on]
+            labels = f" [{', '.join(rev['branch_labels'])}]" if rev.get("branch_labels") else ""
+            out.append(f"\n  revision {rev['revision']}{labels}: {rev['doc']}"
+                       + (f" ({', '.join(flags)})" if flags else ""))
             if "unrenderable" in rev:
                 out.append(f"    cannot be rendered offline (needs a live connection): {rev['unrenderable']}")
                 continue

@@ -20,12 +20,13 @@ import structlog
 
 from . import journal as journal_mod
 from .context import Context, Options
-from .errors import (ConnectError, GuardRefused, RunbookError, StepError)
+from .errors import (ConfigError, ConnectError, GuardRefused, RunbookError, StepError)
 from .inventory import Database, Environment, Host
 from .journal import Journal
 from .migrations import Migrations, fmt
 from .playbook import Playbook, Step
 from .postgres import Endpoint
+from .steps.hostcmd import remove_pgpass_of
 from .transports.base import Transport, Tunnel
 
 LOCK_CLASS, LOCK_OBJ = 0x72756E62, 1  # 'runb': the run lock's advisory key
@@ -42,11 +43,22 @@ class Outcome:
 
 
 class RunLock:
-    """A PostgreSQL advisory lock held on a session of its own for the whole run (released if we die)."""
+    """A PostgreSQL advisory lock held on a session of its own for the whole run (released if we die).
 
-    def __init__(self, endpoint: Endpoint, run_id: str) -> None:
+    PostgreSQL releases it when the session ends, which it notices at once when the runner dies and
+    its SSH connection closes (tests/test_guard.py: free ~10 ms after a SIGKILL; a statement the
+    runner left running is cancelled within postgres.CLIENT_CHECK_INTERVAL, 1 s, where it used to
+    run to its end). It does not when the link is cut instead (power loss, network): sshd
+    on the host keeps the session open until its TCP keepalive gives up, for hours by default. A
+    holder whose runner is known dead (its journal, or its application_name, names this control
+    host and a pid that no longer runs) is therefore taken over: its sessions are terminated, which
+    also rolls back whatever transaction it left open. Any other holder is a refusal (exit 4).
+    """
+
+    def __init__(self, endpoint: Endpoint, run_id: str, state_dir: Path | None = None) -> None:
         self.endpoint = endpoint
         self.run_id = run_id
+        self.state_dir = state_dir
         self.conn: Any = None
 
     def acquire(self) -> None:
@@ -54,14 +66,18 @@ class RunLock:
 
         who = f"lock {self.run_id} {socket.gethostname()}:{os.getpid()}"
         self.conn = postgres.connect(self.endpoint, purpose=who)
-        row = self.conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, LOCK_OBJ)).fetchone()
-        if row and row[0]:
+        if self._try():
             return
-        holder = self.conn.execute(
-            "SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start "
-            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.granted",
-            (LOCK_CLASS, LOCK_OBJ)).fetchone()
+        holder = self._holder()
+        if holder is not None and self._dead_runner(holder[1]):
+            dead_run = _run_id_of(holder[1])
+            ended = postgres.terminate_run_sessions(self.conn, dead_run)
+            structlog.get_logger("runbook").warning(
+                "stale_run_lock_taken_over", previous_run=dead_run, sessions=ended,
+                reason="its runner is no longer running on this control host")
+            if self._try():
+                return
+            holder = self._holder()
         self.release()
         if holder:
             pid, app, client, since = holder
@@ -72,11 +88,45 @@ class RunLock:
         raise GuardRefused(f"another runbook run is in progress on {self.endpoint.dbname}: {who_holds}",
                            step="run_lock")
 
+    def _try(self) -> bool:
+        row = self.conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, LOCK_OBJ)).fetchone()
+        return bool(row and row[0])
+
+    def _holder(self) -> tuple[int, str, str | None, Any] | None:
+        row = self.conn.execute(
+            "SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start "
+            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.granted "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            (LOCK_CLASS, LOCK_OBJ)).fetchone()
+        return (int(row[0]), str(row[1] or ""), row[2], row[3]) if row else None
+
+    def _dead_runner(self, app: str) -> bool:
+        """True only when the holder's runner is known to be dead: same control host, pid gone."""
+        run_id = _run_id_of(app)
+        if not run_id:
+            return False
+        record = journal_mod.record(self.state_dir, run_id) if self.state_dir else None
+        if record is not None:
+            host, pid = record.get("control_host"), record.get("pid")
+        else:  # application_name is 'runbook:lock <run_id> <host>:<pid>' (63 bytes at most)
+            parts = app.split()
+            host, _, pid = parts[-1].rpartition(":") if len(parts) == 3 else ("", "", "")
+        if host != socket.gethostname() or not str(pid or "").isdigit():
+            return False
+        return int(str(pid)) != os.getpid() and not journal_mod.alive(int(str(pid)))
+
     def release(self) -> None:
         if self.conn is not None:
             with contextlib.suppress(Exception):
                 self.conn.close()
             self.conn = None
+
+
+def _run_id_of(app: str) -> str:
+    """The run id in a runbook application_name ('runbook:<purpose> <run_id> ...'), or ''."""
+    parts = app.removeprefix("runbook:").split()
+    return parts[1] if len(parts) > 1 and journal_mod.RUN_ID.fullmatch(parts[1]) else ""
 
 
 class Engine:
@@ -91,6 +141,7 @@ class Engine:
         self.migrations = migrations
         self.sleep = sleep
         self.log = structlog.get_logger("runbook")
+        self._lock: RunLock | None = None
 
     # -- connecting ---------------------------------------------------------------------------
     def _transport(self, host: Host) -> Transport:
@@ -153,18 +204,20 @@ class Engine:
             ctx = Context(self.journal.run_id, self.env, host, self.options, self.journal, transport, db,
                           endpoint, self.migrations, self.log, pg_bin=pg_bin, backup_dir=backup_dir,
                           sleep=self.sleep)
-            lock = RunLock(endpoint, self.journal.run_id)
+            # After a reconnect ctx holds another transport: close whichever it holds at the end.
+            stack.callback(lambda: ctx.transport.close())
+            lock = self._lock = RunLock(endpoint, self.journal.run_id, self.env.state_dir)
             lock.acquire()
             stack.callback(lock.release)
             if created:
                 self._load_sample(ctx)
-            self._report_incomplete()
+            self._report_incomplete(ctx)
             ctx.start = ctx.current()
             record = self.journal.host(host.name)
             record.update(start_revision=fmt(ctx.start), database=db.name)
             self.journal.save()
             self.log.info("run_started", playbook=self.playbook.name, revision=fmt(ctx.start),
-                          heads=fmt(self.migrations.heads()))
+                          heads=fmt(ctx.migrations.heads()))
             outcome = self._run_steps(ctx)
             with contextlib.suppress(Exception):
                 record["end_revision"] = fmt(ctx.current())
@@ -202,16 +255,27 @@ class Engine:
             conn.execute(sample_data_sql())
         self.log.info("sample_data_loaded", revision=rev)
 
-    def _report_incomplete(self) -> None:
+    def _report_incomplete(self, ctx: Context) -> None:
+        """Warn about runs killed half-way since the last run that ended knowing the database's state.
+
+        Runs refused by a guard in between (exit 2/4) never looked at the database: they do not
+        make a killed run before them any less worth saying. A run killed while pg_dump or
+        pg_restore ran could not remove its password file from the host: that is done here.
+        """
         for rec in journal_mod.runs(self.env.state_dir, self.env.name):
-            if rec.data.get("run_id") == self.journal.run_id:
+            run_id = str(rec.data.get("run_id") or "")
+            if run_id == self.journal.run_id:
                 continue
             if rec.incomplete:
                 last = rec.last_step() or {}
-                self.log.warning("previous_run_incomplete", previous_run=rec.data.get("run_id"),
+                self.log.warning("previous_run_incomplete", previous_run=run_id,
                                  last_step=last.get("step"), last_step_outcome=last.get("outcome"),
                                  started=rec.data.get("started"))
-            break
+                removed = remove_pgpass_of(ctx, run_id)
+                if removed:
+                    self.log.warning("stale_password_file_removed", previous_run=run_id, files=removed)
+            elif rec.data.get("status") in ("succeeded", "rolled_back", "failed", "needs_person"):
+                break
 
     def step(self, ctx: Context, step: Step, phase: str) -> dict[str, Any]:
         from .steps import runner
@@ -239,10 +303,10 @@ class Engine:
             for step in self.playbook.steps:
                 if step.wanted(ctx.facts):
                     self.step(ctx, step, "run")
-        except GuardRefused as exc:
+        except (GuardRefused, ConfigError) as exc:  # a refusal, or bad input found on the host (rollback)
             if ctx.facts.get("changed"):
                 return self._rollback(ctx, exc)
-            return Outcome(4, "refused", str(exc))
+            return Outcome(exc.exit_code, "refused", str(exc))
         except Exception as exc:
             return self._rollback(ctx, exc)
         now = fmt(ctx.current())
@@ -263,35 +327,52 @@ class Engine:
         self.log.warning("rollback_started", reason=reason, start_revision=fmt(ctx.start))
         unresolved = False
         facts = ctx.facts
+        problems: list[str] = []  # what failed during the rollback, in order, for the last lines
+        reverted: list[str] = []
         for step in self.playbook.on_failure:
             if not step.wanted(facts):
                 self.log.info("step_skipped", step=step.kind, params=step.describe())
                 continue
             try:
                 self._ensure_connected(ctx)
-                self.step(ctx, step, "rollback")
+                done = self.step(ctx, step, "rollback")
+                reverted += done.get("reverted") or []
                 if step.kind == "restore":
                     unresolved = False
-            except Exception:
+            except Exception as exc:
                 unresolved = True
                 facts[f"{step.kind}_failed"] = True
                 facts["rollback_failed"] = True
+                if getattr(exc, "backup_unusable", False):
+                    facts["backup_unusable"] = True
+                problems.append(f"{step.kind} failed: "
+                                + (str(exc) if isinstance(exc, RunbookError) else f"{type(exc).__name__}: {exc}"))
         current = self._read_back(ctx)
         start = fmt(ctx.start)
         if current is not None and set(current) == set(ctx.start) and not unresolved:
-            how = "restored from the backup" if facts.get("restored") else "downgraded"
+            if facts.get("restored"):
+                how = "restored from the backup"
+            elif reverted:
+                how = "downgraded"
+            else:  # the failed upgrade's own transaction rolled back: there was nothing to downgrade
+                how = "the failed transaction rolled back"
             self.log.info("rollback_finished", revision=start, how=how)
             return Outcome(1, "rolled_back",
                            f"failed and rolled back ({how}; {ctx.database.name} at {start}, verified): {reason}")
         state = f"at {fmt(current)}" if current is not None else "in an unknown state (unreachable)"
         backup = ctx.backup.path if ctx.backup else None
-        if backup:
-            nxt = f"runbook {self.env.name} rollback --restore {backup.rsplit('/', 1)[-1]}"
-        else:
+        usable = backup is not None and not facts.get("backup_unusable")
+        if usable:
+            nxt = f"runbook {self.env.name} rollback --restore {backup.rsplit('/', 1)[-1]}"  # type: ignore[union-attr]
+        else:  # no backup this run can trust: look at the state and the older backups first
             nxt = f"runbook {self.env.name} status"
-        self.log.error("rollback_incomplete", state=state, start_revision=start, backup=backup, next=nxt)
+        if not problems:
+            problems.append(f"the database is not back at {start}")
+        self.log.error("rollback_incomplete", state=state, start_revision=start, backup=backup,
+                       backup_usable=usable, problems=problems, next=nxt)
         msg = (f"FAILED and the rollback did not complete: {ctx.database.name} on {ctx.host.name} is {state}; "
-               f"the run started at {start}" + (f"; its backup is {backup}" if backup else "")
+               f"the run started at {start}; " + "; ".join(problems)
+               + (f"; the run's backup is {backup}" + ("" if usable else " (unusable)") if backup else "")
                + f". Original failure: {reason}")
         return Outcome(3, "needs_person", msg, nxt)
 
@@ -304,7 +385,13 @@ class Engine:
             return None
 
     def _ensure_connected(self, ctx: Context) -> None:
-        """After a lost link, reconnect (bounded) so the rollback can still run."""
+        """After a lost link, reconnect (bounded) so the rollback can still run.
+
+        The sessions opened through the lost tunnel may still be alive on the server (it notices a
+        vanished client late when the link is cut rather than closed): they are terminated, so their
+        transactions roll back now and the run lock they held is free, and the run lock is taken
+        again before anything else runs. If another run took it meanwhile, nothing more is done.
+        """
         from . import postgres
 
         try:
@@ -320,16 +407,28 @@ class Engine:
                     ctx.transport.close()
                 transport = self._transport(ctx.host)
                 _tunnel, endpoint = self._connect(ctx.host, transport, ctx.database)
-                postgres.connect(endpoint, purpose=f"probe {ctx.run_id}", connect_timeout=5).close()
-                ctx.transport, ctx.endpoint = transport, endpoint
-                self.log.info("reconnected")
-                return
+                conn = postgres.connect(endpoint, purpose=f"probe {ctx.run_id}", connect_timeout=5)
+                break
             except Exception as exc:
                 if time.monotonic() + delay > deadline:
                     raise ConnectError(f"lost the connection to {ctx.host.name} and could not reconnect: "
                                        f"{exc}") from exc
                 self.sleep(delay)
                 delay = min(delay * 2, 10)
+        try:
+            with conn:
+                ended = postgres.terminate_run_sessions(conn, ctx.run_id)
+            if ended:
+                self.log.warning("lost_sessions_terminated", sessions=ended)
+            if self._lock is not None:
+                self._lock.release()
+                self._lock.endpoint = endpoint
+                self._lock.acquire()
+        except BaseException:
+            transport.close()
+            raise
+        ctx.transport, ctx.endpoint = transport, endpoint
+        self.log.info("reconnected", run_lock="held again" if self._lock is not None else None)
 
 
 def state_dir_of(inventory_path: Path) -> Path:

@@ -94,7 +94,24 @@ class LocksConfig(_Model):
 
 class AlembicConfig(_Model):
     config: str | None = None
-    remote: str | None = None
+    remote: str | None = None      # the application's own alembic command on the host
+    url_env: str | None = None     # the variable its env.py reads the database URL from
+    url_driver: str | None = None  # e.g. postgresql+psycopg2 (default: detected; remote: +psycopg)
+    timeout: Duration = 6 * 3600.0  # of one remote alembic command
+
+    @field_validator("url_env")
+    @classmethod
+    def _url_env_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value or not value.replace("_", "a").isalnum() or value[0].isdigit()):
+            raise ValueError("must be the NAME of an environment variable (letters, digits, _)")
+        return value
+
+    @field_validator("remote")
+    @classmethod
+    def _remote_command(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be the command that runs the application's alembic on the host")
+        return value
 
 
 class CheckConfig(_Model):
@@ -259,7 +276,10 @@ def default_path() -> Path:
 
 def load(path: Path) -> Inventory:
     """Read and validate an inventory file; every mistake is one located ConfigError."""
-    path = path.resolve() if path.exists() else path
+    if not path.exists():  # absolute: cron's cwd is rarely what the person who wrote the job thought
+        raise ConfigError("inventory not found", path=str(path.absolute()),
+                          hint="pass --inventory PATH or set RUNBOOK_INVENTORY")
+    path = path.resolve()
     tree = yamlfile.load(path, "inventory")
     if not isinstance(tree, dict):
         raise ConfigError("an inventory must be a mapping with an 'environments' key", path=str(path))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import socket
 import tempfile
@@ -21,12 +22,16 @@ from typing import Any
 RUNNING = "running"
 
 
+RUN_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")
+
+
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    # milliseconds: a run's duration (finished - started) is worth showing even for a 2 s run
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def write_atomic(path: Path, data: str) -> None:
@@ -103,6 +108,22 @@ class RunRecord:
     def last_step(self) -> dict[str, Any] | None:
         steps = self.data.get("steps") or []
         return steps[-1] if steps else None
+
+
+def record(state_dir: Path, run_id: str) -> dict[str, Any] | None:
+    """The status record of run ``run_id`` in this state folder, if it has one."""
+    if not RUN_ID.fullmatch(run_id):
+        return None
+    try:
+        data = json.loads((state_dir / "runs" / f"{run_id}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine."""
+    return _alive(pid)
 
 
 def _alive(pid: int) -> bool:

@@ -1,22 +1,41 @@
-"""Alembic driven in-process: revisions, pending scripts, offline SQL, upgrade and downgrade.
+"""Migration backends: what the steps need from an Alembic project, in-process or on the host.
 
-The Config is built in code from the project's ``alembic.ini`` and the migration connection is handed
-to env.py through ``config.attributes["connection"]`` (Alembic's cookbook "sharing a connection").
-The connection is fresh (no transaction begun), so env.py's ``context.begin_transaction()`` owns the
-transaction and ``autocommit_block`` sections work; session settings such as ``lock_timeout`` are
-set when the connection is opened. Success is never assumed: callers read ``alembic_version`` back.
+``MigrationBackend`` is the seam: the revision graph (heads, pending, what a downgrade undoes, which
+revisions cannot be downgraded), offline SQL, upgrade/downgrade and the per-revision verification
+files. ``Migrations`` drives any Alembic project in-process; ``runbook.remote.RemoteMigrations`` runs
+the application's own ``alembic`` inside its deployment on the SSH host. A backend is bound to one
+host's run (``bind(ctx)``) before it migrates anything.
+
+In-process, the Config is built in code from the project's ``alembic.ini`` (relative
+``script_location``, ``version_locations`` and ``prepend_sys_path`` are taken from the ini's folder,
+where the application runs ``alembic``), and the application's env.py runs unchanged whichever common
+style it is written in: the shared connection in ``config.attributes["connection"]`` (fresh, no
+transaction begun, session settings given at connect time), an engine from ``sqlalchemy.url``, or a
+URL read from the environment variable ``alembic.url_env``. For the last two, runbook hands env.py a
+URL of the tunnel's local end *without* the password; libpq finds the password in a 0600 PGPASSFILE
+and the session settings (``lock_timeout``, ``statement_timeout``) in ``PGOPTIONS``, both set in
+``os.environ`` only around the Alembic call. Before any revision runs, the connection env.py
+configured is checked to be the one runbook targets. Success is never assumed: callers read
+``alembic_version`` back.
 """
 
 from __future__ import annotations
 
+import abc
+import ast
+import contextlib
+import copy
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
+from . import appenv
 from .errors import ConfigError, MigrationError
 
 LOCK_NOT_AVAILABLE = "55P03"
+OnApply = Callable[[str, tuple[str, ...]], None]  # (revision applied or reverted, heads after it)
 
 
 @dataclass(frozen=True)
@@ -27,7 +46,9 @@ class Revision:
     doc: str
     down: tuple[str, ...]
     is_merge: bool
-    irreversible: bool
+    irreversible: bool  # declared with a module-level ``irreversible = True``
+    branch_labels: tuple[str, ...] = ()
+    path: str | None = None
 
     def fact(self) -> dict[str, Any]:
         return {"revision": self.id, "doc": self.doc}
@@ -39,7 +60,7 @@ def sqlstate(exc: BaseException) -> str | None:
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        code = getattr(cur, "sqlstate", None)
+        code = getattr(cur, "sqlstate", None) or getattr(cur, "pgcode", None)
         if code:
             return str(code)
         orig = getattr(cur, "orig", None)
@@ -50,63 +71,108 @@ def sqlstate(exc: BaseException) -> str | None:
     return None
 
 
-class Migrations:
-    """One Alembic project (its alembic.ini) and the operations runbook needs from it."""
+def downgrade_missing(source: str) -> str | None:
+    """Why a revision's source has no usable ``downgrade()`` (missing, empty, raising), or None.
 
-    def __init__(self, ini: Path) -> None:
-        self.ini = ini
-        if not ini.is_file():
-            raise ConfigError(f"alembic config {ini} not found")
-        self._script: Any = None
+    A body of ``pass`` / ``...`` / a docstring, or one that raises at its top level (``raise
+    NotImplementedError``), cannot undo the upgrade; ``irreversible = True`` at module level says so.
+    """
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    fn = up = None
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "downgrade":
+            fn = node
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "upgrade":
+            up = node
+        elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "irreversible"
+                                                   for t in node.targets):
+            if isinstance(node.value, ast.Constant) and node.value.value is True:
+                return "it is declared irreversible"
+    if fn is None:
+        return "it has no downgrade()"
+    if _empty(fn):
+        # A merge revision's upgrade is empty as well: there is nothing to undo.
+        return None if up is None or _empty(up) else "its downgrade() is empty"
+    body = _statements(fn)
+    for stmt in body:
+        if isinstance(stmt, ast.Raise):
+            text = ast.get_source_segment(source, stmt) or "raise"
+            return f"its downgrade() raises: {' '.join(text.split())[:200]}"
+    return None
 
-    def config(self, *, connection: Any = None, buffer: Any = None, **attributes: Any) -> Any:
-        from alembic.config import Config
 
-        cfg = Config(str(self.ini), output_buffer=buffer, stdout=io.StringIO())
-        cfg.attributes["configure_logger"] = False  # runbook owns logging (structlog)
-        if connection is not None:
-            cfg.attributes["connection"] = connection
-        cfg.attributes.update(attributes)
-        return cfg
+def _statements(fn: Any) -> list[Any]:
+    return [s for s in fn.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
 
+
+def _empty(fn: Any) -> bool:
+    return all(isinstance(s, ast.Pass) for s in _statements(fn))
+
+
+class MigrationBackend(abc.ABC):
+    """The operations steps call, the same for in-process and remote Alembic.
+
+    The graph methods work on ``revision_map`` (Alembic's own ``RevisionMap``), so that targets such
+    as ``head``, ``heads``, ``<branch>@head``, ids and unique prefixes mean exactly what they mean
+    to Alembic. ``migrate`` and the host-side methods need ``bind(ctx)`` first.
+    """
+
+    kind = "backend"
+    _ctx: Any = None
+
+    # -- binding ------------------------------------------------------------------------------
+    def bind(self, ctx: Any) -> "MigrationBackend":
+        """A copy of this backend attached to one host's run (its transport, database, run id)."""
+        bound = copy.copy(self)
+        bound._ctx = ctx
+        return bound
+
+    def _bound(self) -> Any:
+        if self._ctx is None:
+            raise MigrationError(f"internal: the {self.kind} migration backend is not bound to a host")
+        return self._ctx
+
+    # -- the graph ----------------------------------------------------------------------------
     @property
-    def script(self) -> Any:
-        if self._script is None:
-            from alembic.script import ScriptDirectory
-            from alembic.util import CommandError
+    @abc.abstractmethod
+    def revision_map(self) -> Any:
+        """Alembic's RevisionMap of the project."""
 
-            try:
-                self._script = ScriptDirectory.from_config(self.config())
-            except CommandError as exc:
-                raise ConfigError(f"alembic project of {self.ini}: {exc}") from None
-        return self._script
+    @abc.abstractmethod
+    def revision(self, rev_id: str) -> Revision:
+        """The revision ``rev_id`` as runbook reports it."""
 
-    @property
-    def script_location(self) -> Path:
-        return Path(self.script.dir)
+    @abc.abstractmethod
+    def source(self, rev: Revision) -> str | None:
+        """The Python source of a revision, or None if it cannot be read."""
 
     def heads(self) -> tuple[str, ...]:
-        return tuple(sorted(self.script.get_heads()))
+        return tuple(sorted(self.revision_map.heads))
 
-    def revision(self, rev_id: str) -> Revision:
-        sc = self.script.get_revision(rev_id)
-        down = sc.down_revision
-        downs = tuple(down) if isinstance(down, (tuple, list)) else ((down,) if down else ())
-        irreversible = bool(getattr(sc.module, "irreversible", False))
-        return Revision(sc.revision, (sc.doc or "").strip(), downs, sc.is_merge_point, irreversible)
+    def describe_heads(self) -> str:
+        heads = self.heads()
+        labels = [f"{h} ({', '.join(self.revision(h).branch_labels)})" if self.revision(h).branch_labels
+                  else h for h in heads]
+        return ", ".join(labels) or "none"
 
     def resolve(self, target: str) -> tuple[str, ...]:
         """The revision ids ``target`` names (``head``, ``heads``, an id or prefix, ``base``)."""
-        from alembic.util import CommandError
-
         if target in ("base", ""):
             return ()
-        if target in ("head", "heads"):
+        if target == "heads":
             return self.heads()
+        if target == "head" and len(self.heads()) > 1:
+            raise ConfigError(
+                f"the history has {len(self.heads())} heads ({self.describe_heads()}): 'head' is "
+                "ambiguous; name one with --to REV or --to <branch>@head, migrate every branch with "
+                "--to heads, or merge them first (alembic merge heads)")
         try:
-            revs = self.script.get_revisions(target)
-        except CommandError as exc:
-            raise ConfigError(f"unknown revision '{target}': {exc}") from None
+            revs = self.revision_map.get_revisions(target)
+        except Exception as exc:  # Alembic's RevisionError family, or CommandError
+            raise ConfigError(f"unknown or ambiguous revision '{target}': {exc}") from None
         if not revs:
             raise ConfigError(f"unknown revision '{target}'")
         return tuple(sorted(r.revision for r in revs if r is not None))
@@ -118,64 +184,270 @@ class Migrations:
             return []
         lower = tuple(current) or None
         try:
-            scripts = list(self.script.iterate_revisions(upper, lower))
+            scripts = list(self.revision_map.iterate_revisions(upper, lower))
         except Exception as exc:  # alembic raises several kinds for unrelated revisions
             raise MigrationError(f"cannot plan an upgrade from {fmt(tuple(current))} to {target}: {exc}") from exc
         return [self.revision(s.revision) for s in reversed(scripts)]
 
-    def to_undo(self, current: Iterable[str], target: str) -> list[Revision]:
+    def to_undo(self, current: Iterable[str], target: str | tuple[str, ...]) -> list[Revision]:
         """The revisions a downgrade from ``current`` to ``target`` undoes, newest first."""
-        lower = self.resolve(target)
+        lower = self.resolve(target) if isinstance(target, str) else tuple(target)
         cur = tuple(current)
         if not cur:
             return []
         try:
-            scripts = list(self.script.iterate_revisions(cur, lower or None))
+            scripts = list(self.revision_map.iterate_revisions(cur, lower or None))
         except Exception as exc:
-            raise MigrationError(f"cannot plan a downgrade from {fmt(cur)} to {target}: {exc}") from exc
+            raise MigrationError(f"cannot plan a downgrade from {fmt(cur)} to {fmt(lower)}: {exc}") from exc
         return [self.revision(s.revision) for s in scripts if s.revision not in lower]
 
+    def irreversible(self, rev: Revision) -> bool:
+        """A revision whose downgrade is missing, empty, raising, or declared irreversible."""
+        return self.why_irreversible(rev) is not None
+
+    def why_irreversible(self, rev: Revision) -> str | None:
+        """Why ``rev`` cannot be downgraded (None if it can, as far as its source tells)."""
+        if rev.irreversible:
+            return "it is declared irreversible"
+        text = self.source(rev)
+        return downgrade_missing(text) if text is not None else None
+
+    # -- running ------------------------------------------------------------------------------
+    @abc.abstractmethod
     def offline_sql(self, current: Iterable[str], target: str) -> str:
         """The SQL ``alembic upgrade --sql`` renders for ``current -> target``."""
-        from alembic import command
 
-        cur = tuple(current)
-        buf = io.StringIO()
-        spec = f"{cur[0]}:{target}" if len(cur) == 1 else target
-        command.upgrade(self.config(buffer=buf), spec, sql=True)
-        return buf.getvalue()
+    @abc.abstractmethod
+    def offline_downgrade_sql(self, current: Iterable[str], target: str) -> str:
+        """The SQL ``alembic downgrade --sql`` renders for ``current -> target``."""
+
+    @abc.abstractmethod
+    def migrate(self, direction: str, target: str, *, settings: dict[str, str],
+                on_apply: OnApply | None = None) -> None:
+        """Upgrade or downgrade on the bound host with these session settings (one try)."""
+
+    @abc.abstractmethod
+    def verify_file(self, revision: str) -> Path:
+        """A local path holding the verification checks of ``revision`` (may not exist)."""
+
+    def verify_location(self, revision: str) -> str:
+        """Where a person should put the verification file of ``revision``."""
+        return str(self.verify_file(revision))
+
+    def verify_files(self) -> dict[str, Path]:
+        """Every per-revision verification file the project has, by revision id."""
+        folder = self.verify_file("x").parent
+        return {p.stem: p for p in sorted(folder.glob("*.y*ml"))} if folder.is_dir() else {}
+
+
+# -- in-process ---------------------------------------------------------------------------------
+
+class Migrations(MigrationBackend):
+    """One Alembic project (its alembic.ini), driven in-process through the tunnel."""
+
+    kind = "in-process"
+
+    def __init__(self, ini: Path, *, url_env: str | None = None, url_driver: str | None = None) -> None:
+        self.ini = Path(ini)
+        self.url_env = url_env
+        self.url_driver = url_driver
+        if not self.ini.is_file():
+            raise ConfigError(f"alembic config {ini} not found")
+        self._script: Any = None
+
+    def config(self, *, connection: Any = None, buffer: Any = None, url: str | None = None,
+               **attributes: Any) -> Any:
+        from alembic.config import Config
+
+        cfg = Config(str(self.ini), output_buffer=buffer, stdout=io.StringIO())
+        try:
+            appenv.absolute_paths(cfg, self.ini.parent)
+        except ValueError as exc:
+            raise ConfigError(f"alembic config {self.ini}: {exc}") from None
+        cfg.attributes["configure_logger"] = False  # runbook owns logging (structlog)
+        if connection is not None:
+            cfg.attributes["connection"] = connection
+        if url is not None:
+            # configparser interpolates '%': a URL-encoded name would break set_main_option.
+            cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+        cfg.attributes.update(attributes)
+        return cfg
+
+    @property
+    def script(self) -> Any:
+        if self._script is None:
+            from alembic.script import ScriptDirectory
+            from alembic.util import CommandError
+
+            try:
+                self._script = ScriptDirectory.from_config(self.config())
+            except (CommandError, ImportError, SyntaxError, OSError) as exc:
+                raise ConfigError(f"alembic project of {self.ini}: {type(exc).__name__}: {exc}") from None
+        return self._script
+
+    @property
+    def revision_map(self) -> Any:
+        return self.script.revision_map
+
+    @property
+    def script_location(self) -> Path:
+        return Path(self.script.dir)
+
+    def revision(self, rev_id: str) -> Revision:
+        sc = self.script.get_revision(rev_id)
+        down = sc.down_revision
+        downs = tuple(down) if isinstance(down, (tuple, list)) else ((down,) if down else ())
+        declared = bool(getattr(sc.module, "irreversible", False))
+        # Alembic lists a label on every descendant too: keep the revisions that declare one.
+        inherited: set[str] = set()
+        for parent in downs:
+            inherited.update(self.script.get_revision(parent).branch_labels or ())
+        labels = tuple(sorted(set(sc.branch_labels or ()) - inherited))
+        return Revision(sc.revision, (sc.doc or "").strip(), downs, sc.is_merge_point, declared,
+                        labels, sc.path)
+
+    def source(self, rev: Revision) -> str | None:
+        path = rev.path or self.script.get_revision(rev.id).path
+        try:
+            return Path(path).read_text(encoding="utf-8")
+        except (OSError, TypeError):
+            return None
+
+    def verify_file(self, revision: str) -> Path:
+        return self.script_location / "verify" / f"{revision}.yaml"
+
+    # -- offline ------------------------------------------------------------------------------
+    def offline_sql(self, current: Iterable[str], target: str) -> str:
+        return self._offline("upgrade", tuple(current), target)
 
     def offline_downgrade_sql(self, current: Iterable[str], target: str) -> str:
-        from alembic import command
+        return self._offline("downgrade", tuple(current), target or "base")
 
-        cur = tuple(current)
+    def _offline(self, direction: str, current: tuple[str, ...], target: str) -> str:
         buf = io.StringIO()
-        lower = target if target not in ("", None) else "base"
-        command.downgrade(self.config(buffer=buf), f"{cur[0]}:{lower}", sql=True)
+        with self._app_environment(with_password=False) as url:
+            cfg = self.config(buffer=buf, url=url)
+            # Several starting heads are fine here (Alembic's --sql range takes one).
+            self._run_env(cfg, direction, target, starting_rev=current or "base", as_sql=True)
         return buf.getvalue()
 
-    def run(self, direction: str, engine: Any, target: str,
-            on_apply: Callable[..., None] | None = None) -> None:
-        """Upgrade or downgrade in-process on a fresh connection of ``engine``."""
-        from alembic import command
+    # -- online -------------------------------------------------------------------------------
+    def migrate(self, direction: str, target: str, *, settings: dict[str, str],
+                on_apply: OnApply | None = None) -> None:
+        from . import postgres
 
+        ctx = self._bound()
+        purpose = f"{direction} {ctx.run_id}"
+        eng = postgres.engine(ctx.endpoint, purpose=purpose, settings=settings)
+        try:
+            with self._app_environment(with_password=True, settings=settings, purpose=purpose) as url:
+                self.run(direction, eng, target, on_apply, url=url, expect=ctx.endpoint)
+        finally:
+            eng.dispose()
+
+    def run(self, direction: str, engine: Any, target: str, on_apply: OnApply | None = None, *,
+            url: str | None = None, expect: Any = None) -> None:
+        """Upgrade or downgrade on a fresh connection of ``engine`` (also handed to env.py)."""
         with engine.connect() as conn:
-            attrs: dict[str, Any] = {}
-            if on_apply is not None:
-                attrs["on_version_apply"] = on_apply
-            cfg = self.config(connection=conn, **attrs)
-            if direction == "upgrade":
-                command.upgrade(cfg, target)
-            else:
-                command.downgrade(cfg, target or "base")
+            cfg = self.config(connection=conn, url=url)
+            self._run_env(cfg, direction, target or "base", on_apply=on_apply, expect=expect)
             # The cookbook contract: the caller owns a shared connection and commits it.
             if conn.in_transaction():
                 conn.commit()
 
-    def verify_file(self, revision: str) -> Path:
-        return self.script_location / "verify" / f"{revision}.yaml"
+    def _run_env(self, cfg: Any, direction: str, target: str, *, on_apply: OnApply | None = None,
+                 expect: Any = None, starting_rev: Any = None, as_sql: bool = False) -> None:
+        """What ``alembic.command.upgrade/downgrade`` do, with runbook's hooks in ``configure``."""
+        from alembic.runtime.environment import EnvironmentContext
+        from alembic.util import CommandError
+
+        script = self.script
+        if direction == "upgrade":
+            def fn(rev: Any, context: Any) -> Any:
+                return script._upgrade_revs(target, rev)
+        else:
+            def fn(rev: Any, context: Any) -> Any:
+                return script._downgrade_revs(target, rev)
+
+        env = EnvironmentContext(cfg, script, fn=fn, as_sql=as_sql, starting_rev=starting_rev,
+                                 destination_rev=target)
+        original = env.configure
+
+        def configure(*args: Any, **kw: Any) -> Any:
+            if not as_sql:
+                appenv.check_connection(kw.get("connection") or (args[0] if args else None), expect)
+            hooks: list[Any] = [_hook(on_apply)] if on_apply is not None else []
+            theirs = kw.get("on_version_apply")
+            if theirs:
+                hooks.extend(theirs if isinstance(theirs, (list, tuple)) else [theirs])
+            if hooks:
+                kw["on_version_apply"] = hooks
+            return original(*args, **kw)
+
+        # The module-level ``alembic.context`` proxy calls this instance's attribute.
+        env.configure = configure  # type: ignore[method-assign]
+        with contextlib.chdir(self.ini.parent), env:
+            try:
+                script.run_env()
+            except CommandError as exc:
+                raise MigrationError(f"alembic: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _app_environment(self, *, with_password: bool, settings: dict[str, str] | None = None,
+                         purpose: str | None = None) -> Iterator[str]:
+        """The URL env.py gets, and the libpq environment around the Alembic call."""
+        ctx = self._ctx
+        url = appenv.database_url(self.driver(), ctx.endpoint if ctx is not None else None)
+        values: dict[str, str] = {}
+        if self.url_env:
+            values[self.url_env] = url
+        if settings:
+            values["PGOPTIONS"] = appenv.pg_options(settings)
+        if purpose:
+            from .postgres import APP_NAME
+
+            values["PGAPPNAME"] = f"{APP_NAME}:{purpose}"[:63]
+        with contextlib.ExitStack() as stack:
+            if with_password and ctx is not None and ctx.endpoint.password is not None:
+                values["PGPASSFILE"] = stack.enter_context(appenv.local_pgpass(ctx.endpoint))
+            stack.enter_context(appenv.environ(values))
+            yield url
+
+    def driver(self) -> str:
+        """The SQLAlchemy driver for the URL handed to env.py: the application's, if installed."""
+        if self.url_driver:
+            return self.url_driver
+        raw = os.environ.get(self.url_env) if self.url_env else None
+        if not raw:
+            try:
+                from configparser import ConfigParser
+
+                parser = ConfigParser(interpolation=None)
+                parser.read(self.ini)
+                raw = parser.get("alembic", "sqlalchemy.url", fallback=None)
+            except Exception:  # an unreadable ini is reported elsewhere
+                raw = None
+        return appenv.choose_driver(raw)
+
+
+def _hook(on_apply: OnApply) -> Callable[..., None]:
+    def on_version_apply(*, step: Any = None, heads: Any = None, **_: Any) -> None:
+        rev = step.up_revision_id if step is not None else None
+        on_apply(str(rev), tuple(sorted(heads or ())))
+    return on_version_apply
 
 
 def fmt(revs: Iterable[str]) -> str:
     revs = tuple(revs)
     return ",".join(revs) if revs else "base"
+
+
+def backend_for(env: Any) -> MigrationBackend:
+    """The migration backend an environment's ``alembic`` block asks for."""
+    cfg = env.config.alembic
+    if cfg.remote:
+        from .remote import RemoteMigrations
+
+        return RemoteMigrations(cfg.remote, url_env=cfg.url_env, url_driver=cfg.url_driver,
+                                timeout=cfg.timeout)
+    return Migrations(env.alembic_ini, url_env=cfg.url_env, url_driver=cfg.url_driver)

@@ -32,12 +32,26 @@ class Endpoint:
         return replace(self, dbname=dbname)
 
 
+# The server version of each endpoint, learnt by its first connection (the run's probe).
+_SERVER_VERSION: dict[tuple[str, int], int] = {}
+
+# How often the server checks, during a statement, that our end of the session is still there.
+# A runner killed (or cut off) mid-statement otherwise leaves the statement running to its end with
+# its locks held, and application queries queued behind them; with the check the server cancels it,
+# and rolls its transaction back, within this interval of noticing the closed socket (PostgreSQL 14+;
+# older servers refuse the setting at start-up, hence the version learnt first).
+CLIENT_CHECK_INTERVAL = "1000ms"
+
+
 def connect(ep: Endpoint, *, purpose: str, autocommit: bool = True,
             settings: dict[str, str] | None = None, connect_timeout: int = 10) -> Any:
     """A psycopg connection; ``settings`` become server settings of the session (``-c k=v``)."""
     import psycopg
 
-    options = " ".join(f"-c {k}={v}" for k, v in (settings or {}).items())
+    settings = dict(settings or {})
+    if _SERVER_VERSION.get((ep.host, ep.port), 0) >= 140000:
+        settings.setdefault("client_connection_check_interval", CLIENT_CHECK_INTERVAL)
+    options = " ".join(f"-c {k}={v}" for k, v in settings.items())
     kwargs: dict[str, Any] = dict(host=ep.host, port=ep.port, dbname=ep.dbname, user=ep.user,
                                   application_name=f"{APP_NAME}:{purpose}",
                                   connect_timeout=connect_timeout, autocommit=autocommit)
@@ -45,7 +59,9 @@ def connect(ep: Endpoint, *, purpose: str, autocommit: bool = True,
         kwargs["password"] = ep.password
     if options:
         kwargs["options"] = options
-    return psycopg.connect(**kwargs)
+    conn = psycopg.connect(**kwargs)
+    _SERVER_VERSION[(ep.host, ep.port)] = conn.info.server_version
+    return conn
 
 
 def engine(ep: Endpoint, *, purpose: str, settings: dict[str, str] | None = None) -> Any:
@@ -121,15 +137,22 @@ class Session:
                 "query": self.query, "locks": list(self.locks)}
 
 
-def sessions(conn: Any) -> list[Session]:
-    """Every other client session of this database with the table locks it holds or waits for."""
+_NOT_RUNBOOK = "  AND coalesce(a.application_name, '') NOT LIKE 'runbook:%'\n"
+assert _NOT_RUNBOOK in ACTIVITY_SQL
+
+
+def sessions(conn: Any, *, runbook: bool = False) -> list[Session]:
+    """Every other client session of this database with the table locks it holds or waits for.
+
+    runbook's own sessions are left out unless ``runbook`` (status shows those of a run going on,
+    or left behind by a killed one)."""
     locks: dict[int, list[str]] = {}
     with conn.cursor() as cur:
         cur.execute(TABLE_LOCKS_SQL)
         for pid, relname, nsp, mode, granted in cur.fetchall():
             name = relname if nsp == "public" else f"{nsp}.{relname}"
             locks.setdefault(pid, []).append(f"{name}:{mode}{'' if granted else ' (waiting)'}")
-        cur.execute(ACTIVITY_SQL)
+        cur.execute(ACTIVITY_SQL.replace(_NOT_RUNBOOK, "") if runbook else ACTIVITY_SQL)
         rows = cur.fetchall()
     out = []
     for pid, user, app, client, state, _wait, query, xage, qage, _wrote in rows:
@@ -151,3 +174,38 @@ def current_revisions(conn: Any) -> tuple[str, ...]:
             return ()
         cur.execute("SELECT version_num FROM alembic_version ORDER BY 1")
         return tuple(r[0] for r in cur.fetchall())
+
+
+RUN_SESSIONS_SQL = """
+SELECT pid, application_name, state, left(query, 300) AS query,
+       extract(epoch FROM now() - coalesce(xact_start, backend_start))::float AS age_s
+FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid()
+  AND (application_name LIKE %(last)s OR application_name LIKE %(inner)s)
+"""
+
+
+def run_sessions(conn: Any, run_id: str) -> list[dict[str, Any]]:
+    """The sessions runbook opened for run ``run_id`` (application_name 'runbook:<purpose> <run_id>...')."""
+    with conn.cursor() as cur:
+        cur.execute(RUN_SESSIONS_SQL, {"last": f"{APP_NAME}:% {run_id}", "inner": f"{APP_NAME}:% {run_id} %"})
+        return [{"pid": pid, "application": app, "state": state, "query": query,
+                 "age_s": round(age or 0.0, 1)} for pid, app, state, query, age in cur.fetchall()]
+
+
+def terminate_run_sessions(conn: Any, run_id: str, *, wait: float = 5.0) -> list[dict[str, Any]]:
+    """End the sessions of run ``run_id`` (a dead runner's, or ours through a lost tunnel).
+
+    Their transactions roll back; returns what they were. Waits (bounded) until they are gone, so
+    their locks (the run lock among them) are free when this returns.
+    """
+    import time
+
+    found = run_sessions(conn, run_id)
+    with conn.cursor() as cur:
+        for session in found:
+            cur.execute("SELECT pg_terminate_backend(%s)", (session["pid"],))
+    deadline = time.monotonic() + wait
+    while found and run_sessions(conn, run_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found

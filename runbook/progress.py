@@ -14,21 +14,25 @@ from typing import Callable, TextIO
 
 
 class Progress:
+    """A context manager that keeps one status line up to date while its block runs, then clears it."""
+
     def __init__(self, label: str, *, measure: Callable[[], int | None] | None = None,
-                 stream: TextIO | None = None, enabled: bool | None = None, interval: float = 1.0) -> None:
+                 stream: TextIO | None = None, enabled: bool | None = None, interval: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.label = label
+        self.clock = clock
         self.measure = measure
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.started = time.monotonic()
+        self.started = clock()
         self.lines = 0
 
     def line(self) -> str:
-        elapsed = time.monotonic() - self.started
-        text = f"  {self.label}: {elapsed:5.0f}s"
+        elapsed = int(max(0.0, self.clock() - self.started))
+        text = f"  {self.label}: " + (f"{elapsed // 60}m{elapsed % 60:02d}s" if elapsed >= 60 else f"{elapsed}s")
         if self.measure is not None:
             try:
                 size = self.measure()
@@ -45,7 +49,7 @@ class Progress:
             self.lines += 1
 
     def __enter__(self) -> "Progress":
-        self.started = time.monotonic()
+        self.started = self.clock()
         if self.enabled:
             self._thread = threading.Thread(target=self._loop, daemon=True)
             self._thread.start()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import click
 
 from . import journal, postgres
-from .backups import list_backups
+from .backups import folder_of, human_age, human_size, list_backups
 from .migrations import fmt
 
 
@@ -30,22 +31,45 @@ def host_status(engine: Any, host: Any) -> dict[str, Any]:
         with postgres.connect(endpoint, purpose="status") as conn:
             conn.execute("SET default_transaction_read_only = on")
             current = postgres.current_revisions(conn)
-            sessions = postgres.sessions(conn)
-        folder = env.config.backup.dir
-        if env.embedded and "backup" not in env.config.model_fields_set:
-            folder = str(env.state_dir / "backups")
+            sessions = postgres.sessions(conn, runbook=True)
+            run_lock = run_lock_holder(conn)
+        folder = folder_of(env)
         if folder.startswith("~"):
             folder = transport.home.rstrip("/") + folder[1:]
         found = list_backups(transport, folder, db.name, env.name)
-    pending = migrations.pending(current, "heads")
+        # Bound to this host: with alembic.remote the history is read there.
+        bound = migrations.bind(SimpleNamespace(host=host, transport=transport, database=db,
+                                                endpoint=endpoint, run_id="status"))
+        pending = bound.pending(current, "heads")
+        heads = bound.heads()
     long_tx = env.config.locks.long_transaction
     interesting = [s for s in sessions if s.locks or (s.state or "").startswith("idle in transaction")
                    or (s.xact_age_s or 0) >= long_tx]
     return {"host": host.name, "database": db.name, "current": fmt(current),
-            "head": fmt(migrations.heads()),
+            "head": fmt(heads),
             "pending": [{"revision": r.id, "doc": r.doc} for r in pending],
             "backups": [b.fact() for b in found], "backup_dir": folder,
-            "sessions": [s.fact() for s in interesting]}
+            "run_lock": run_lock, "sessions": [s.fact() for s in interesting]}
+
+
+RUN_LOCK_SQL = """
+SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.granted
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+
+def run_lock_holder(conn: Any) -> dict[str, Any] | None:
+    """The session holding runbook's run lock on this database (a run in progress), if any."""
+    from .engine import LOCK_CLASS, LOCK_OBJ
+
+    row = conn.execute(RUN_LOCK_SQL, (LOCK_CLASS, LOCK_OBJ)).fetchone()
+    if row is None:
+        return None
+    pid, app, client, since = row
+    return {"pid": pid, "holder": (app or "").removeprefix("runbook:lock ") or None,
+            "client": client or "local", "since": since.isoformat() if since else None}
 
 
 def runs_summary(env: Any, limit: int = 5) -> list[dict[str, Any]]:
@@ -72,24 +96,6 @@ def _duration(d: dict[str, Any]) -> float | None:
         return None
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n = n / 1024  # type: ignore[assignment]
-    return str(n)
-
-
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
 def render(plan: Any, options: Any) -> int:
     from .context import Options
     from .engine import Engine
@@ -114,8 +120,14 @@ def render(plan: Any, options: Any) -> int:
         for b in hs["backups"][:5]:
             mark = "" if b["verified"] else "  UNVERIFIED"
             label = f" [{b['label']}]" if b["label"] else ""
-            lines.append(f"    {b['name']}  {_size(b['size'])}  {_age(b['age_s'])} old  "
+            lines.append(f"    {b['name']}  {human_size(b['size'])}  {human_age(b['age_s'])} old  "
                          f"sha256 {str(b['sha256'])[:12]}{label}{mark}")
+        lock = hs["run_lock"]
+        if lock:
+            lines.append(f"  run lock: HELD by {lock['holder'] or 'another session'} (server pid {lock['pid']}, "
+                         f"from {lock['client']}, since {str(lock['since'])[:19]}): a run is in progress")
+        else:
+            lines.append("  run lock: free (no run in progress)")
         if hs["sessions"]:
             lines.append(f"  sessions holding locks or in long/idle transactions: {len(hs['sessions'])}")
             for s in hs["sessions"][:8]:

@@ -7,6 +7,7 @@ the loaded tree to find it.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,6 +31,8 @@ def load(path: Path, what: str) -> Any:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         problem = exc.problem or exc.context or "malformed YAML"
+        if problem.startswith("found duplicate key"):  # ruamel quotes both values: never echo a value
+            problem = re.sub(r" with value .*", "", problem, flags=re.S)
         raise ConfigError(f"malformed YAML: {problem}", path=str(path), line=line) from None
     except YAMLError as exc:
         raise ConfigError(f"malformed YAML: {exc}", path=str(path)) from None
@@ -90,7 +93,7 @@ def config_error(exc: Any, tree: Any, path: Path, prefix: Sequence[Any] = ()) ->
             clean.append(key)
         elif err["type"] == "extra_forbidden" and key == loc[-1]:
             clean.append(key)
-    msg = err["msg"]
+    msg = re.sub(r" or instance of \w+", "", err["msg"])  # pydantic's model names mean nothing to a user
     kind = err["type"]
     where = dotted(clean) or "top level"
     if kind == "missing":

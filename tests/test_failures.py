@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.project import Project
+from ruamel.yaml import YAML
+
+from tests.fixtures.project import ROOT, Project, dump_yaml
 
 # 0003: a column, a row and fewer chunks, so that a rollback has schema and data to undo.
 UP_0003 = """
@@ -24,7 +26,12 @@ op.execute("INSERT INTO collections (name, description) VALUES ('added-by-0003',
 op.execute("DELETE FROM chunks WHERE chunk_index = 2")
 """
 DOWN_0003 = 'op.drop_column("collections", "slug")'
-RAISING_DOWN = 'raise RuntimeError("the downgrade of 0003 is broken")'
+# Undoes part of 0003, then fails: what it did must not stay either.
+RAISING_DOWN = """
+op.drop_column("collections", "slug")
+if op.get_bind() is not None:
+    raise RuntimeError("the downgrade of 0003 is broken")
+"""
 FAILING_CHECK = [{"name": "every collection has a slug",
                   "sql": "SELECT count(*) FROM collections WHERE slug IS NULL", "expect": 0}]
 
@@ -55,7 +62,8 @@ def test_broken_sql_in_the_last_revision_rolls_back_both(project: Project) -> No
 
     assert result.returncode == 1, result.stderr
     assert project.state() == before
-    assert "rolled back" in result.stderr and "revision 0004" in result.stderr
+    assert "rolled back (the failed transaction rolled back" in result.stderr
+    assert "revision 0004" in result.stderr
     assert ("run", "upgrade", "failed") in _steps(project)
     assert len(project.backups()) == 1  # the run's own backup, never needed
 
@@ -117,22 +125,31 @@ def test_downgrade_impossible_restores_the_backup(project: Project, downgrade: s
     assert "slug" in sql and "added-by-0003" in sql
 
 
+def test_downgrade_that_leaves_the_start_unverified_restores(project: Project) -> None:
+    """A downgrade that returns but breaks 0002's checks (drops its constraint): the verification after it fails, the backup is restored, exit 1, state identical."""
+    project.start_at_0002()
+    project.add_revision("0003", "0002", UP_0003, """
+        op.drop_column("collections", "slug")
+        op.drop_constraint("description_not_empty", "collections")
+        """, verify=FAILING_CHECK)
+    before = project.state()
+
+    result = project.run("prod", "migrate")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert project.state() == before
+    assert "restored from the backup" in result.stderr
+    assert _steps(project)[4:] == [("rollback", "downgrade", "ok"), ("rollback", "verify", "failed"),
+                                   ("rollback", "restore", "ok"), ("rollback", "verify", "ok")]
+
+
 def _corrupt_playbook(project: Project, command: str) -> None:
-    """The shipped migrate playbook with a step after the upgrade that damages the run's backup."""
-    project.write_playbook("migrate", f"""\
-        description: migrate, with a disk fault on the backup volume after the upgrade
-        steps:
-          - backup
-          - check_locks
-          - upgrade: {{to: head}}
-          - shell: {{command: '{command}'}}
-          - verify
-        on_failure:
-          - downgrade: {{to: start}}
-          - verify: {{unless: downgrade_failed}}
-          - restore: {{if: rollback_failed}}
-          - verify: {{if: restored}}
-        """)
+    """The shipped migrate playbook plus a step after the upgrade that damages the run's backup."""
+    shipped = YAML(typ="safe").load((ROOT / "playbooks" / "migrate.yaml").read_text())
+    at = next(i for i, s in enumerate(shipped["steps"]) if isinstance(s, dict) and "upgrade" in s)
+    shipped["steps"].insert(at + 1, {"shell": {"command": command}})
+    shipped["description"] = "migrate, with a disk fault on the backup volume after the upgrade"
+    project.write_playbook("migrate", dump_yaml(shipped))
 
 
 @pytest.mark.parametrize("fault", ["bitrot", "unreadable"])
@@ -272,7 +289,11 @@ def test_lost_ssh_connection_mid_upgrade_rolls_back(project: Project) -> None:
 
     assert proc.returncode == 1, out + err
     assert project.state() == before
-    names = [e["event"] for e in project.events()]
+    events = project.events()
+    names = [e["event"] for e in events]
     assert "connection_lost" in names and "reconnected" in names
-    assert names.index("reconnected") > names.index("rollback_started")
-    assert "rolled back" in err
+    assert names.index("rollback_started") < names.index("reconnected") < names.index("step_started",
+                                                                                    names.index("rollback_started"))
+    # Back on a new tunnel, the run holds its run lock again before the rollback goes on.
+    assert events[names.index("reconnected")]["run_lock"] == "held again"
+    assert "rolled back (the failed transaction rolled back" in err

@@ -290,3 +290,18 @@ def test_not_an_inventory(tmp_path: Path, text: str) -> None:
     """An empty file, a list, or a mapping without environments is refused."""
     with pytest.raises(ConfigError, match="environments"):
         inventory.load(write(tmp_path, text))
+
+
+def test_duplicate_key_is_named_without_its_values(tmp_path: Path) -> None:
+    """A key written twice names the key and line, never the values (one could be a secret)."""
+    path = write(tmp_path, MINIMAL + "    database: {name: other, user: hunter2}\n")
+    with pytest.raises(ConfigError) as caught:
+        inventory.load(path)
+    assert str(caught.value) == f'{path}:7: malformed YAML: found duplicate key "database"'
+
+
+def test_null_environment_says_a_mapping_is_expected(tmp_path: Path) -> None:
+    """An empty environment block says a mapping is expected, without pydantic's model names."""
+    with pytest.raises(ConfigError) as caught:
+        inventory.load(write(tmp_path, "environments:\n  prod:\n"))
+    assert str(caught.value).endswith(":2: environments.prod: Input should be a valid dictionary")

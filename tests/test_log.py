@@ -29,17 +29,23 @@ def redactor() -> Iterator[Redactor]:
 
 
 @pytest.fixture
-def pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Path]:
-    """structlog configured as the CLI does (console on the captured stderr), a run log under tmp_path."""
-    path = tmp_path / "runs" / "run.jsonl"
-    log.configure(json_stdout=False, tty=False)
-    log.RUN_LOG.open(path)
+def pipeline(tmp_path: Path) -> Iterator[Path]:
+    """A run log under tmp_path; structlog and the run log are reset afterwards.
+
+    Each test calls ``start(path)`` itself: capsys swaps sys.stderr between setup and call, and
+    the console renderer writes to the stderr of the moment ``configure`` runs.
+    """
     try:
-        yield path
+        yield tmp_path / "runs" / "run.jsonl"
     finally:
         log.RUN_LOG.close()
         structlog.reset_defaults()
         structlog.contextvars.clear_contextvars()
+
+
+def start(path: Path) -> None:
+    log.configure(json_stdout=False, tty=False)
+    log.RUN_LOG.open(path)
 
 
 def test_redaction_reaches_nested_values(redactor: Redactor) -> None:
@@ -115,6 +121,7 @@ def test_run_log_is_json_lines_with_mode_0600(tmp_path: Path) -> None:
 def test_pipeline_redacts_before_the_file_and_the_console(
         pipeline: Path, redactor: Redactor, capsys: pytest.CaptureFixture[str]) -> None:
     """The configured pipeline writes context-bound, redacted events to the run log and to stderr."""
+    start(pipeline)
     logger = structlog.get_logger("runbook")
     with structlog.contextvars.bound_contextvars(run_id="r1", env="prod", host="db1", step="backup"):
         logger.info("backup_finished", backup_path="/b/x.dump", note=f"pw {SECRET}")
@@ -133,6 +140,7 @@ def test_pipeline_redacts_before_the_file_and_the_console(
 def test_tracebacks_are_redacted_and_kept_in_the_run_log(
         pipeline: Path, redactor: Redactor, capsys: pytest.CaptureFixture[str]) -> None:
     """logger.exception: the traceback text goes to the run log and the console, secret scrubbed."""
+    start(pipeline)
     logger = structlog.get_logger("runbook")
     try:
         raise ValueError(f"could not connect with {SECRET}")

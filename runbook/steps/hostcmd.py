@@ -37,5 +37,17 @@ def pg_env(ctx: Any) -> Iterator[dict[str, str]]:
             ctx.transport.remove(path)
 
 
+def remove_pgpass_of(ctx: Any, run_id: str) -> int:
+    """Remove the password files a killed run ``run_id`` left on the host; returns how many."""
+    from ..journal import RUN_ID
+    from ..transports.base import quote
+
+    if not RUN_ID.fullmatch(run_id):  # it goes into a glob
+        return 0
+    home = ctx.transport.home.rstrip("/")
+    gone = ctx.transport.run(f"rm -fv -- {quote(home)}/.runbook-pgpass-{run_id}-*", check=False, timeout=30)
+    return len(gone.stdout.strip().splitlines()) if gone.ok else 0
+
+
 def bin_path(ctx: Any, program: str) -> str:
     return f"{ctx.pg_bin}/{program}" if ctx.pg_bin else program

@@ -9,10 +9,8 @@ succeeds only if ``alembic_version`` holds the target afterwards.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
-from .. import postgres
 from ..context import Context
 from ..errors import ConfigError, LockTimeoutExhausted, MigrationError
 from ..migrations import Revision, fmt, sqlstate
@@ -28,25 +26,20 @@ WHERE NOT i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema',
 def _apply(ctx: Context, direction: str, target: str, spec: str, revisions: list[Revision]) -> list[str]:
     done: list[str] = []
 
-    def on_apply(*, ctx: Any = None, step: Any = None, heads: Any = None, run_args: Any = None,
-                 **_: Any) -> None:
-        rev = step.up_revision_id if step is not None else None
-        done.append(str(rev))
+    def on_apply(rev: str, heads: tuple[str, ...]) -> None:
+        done.append(rev)
         log.info("revision_applied" if direction == "upgrade" else "revision_reverted",
-                 revision=rev, heads=sorted(heads or ()))
+                 revision=rev, heads=list(heads))
 
     log = ctx.log
 
     def attempt(timeout: float, n: int) -> None:
-        eng = postgres.engine(ctx.endpoint, purpose=f"{direction} {ctx.run_id}",
-                              settings=ctx.settings(timeout))
+        # Through the backend seam: in-process Alembic over the tunnel, or the application's own
+        # Alembic on the host (alembic.remote); either way the session gets these settings.
         done.clear()
-        try:
-            log.info("migration_attempt", direction=direction, attempt=n, lock_timeout_ms=int(timeout * 1000),
-                     target=target)
-            ctx.migrations.run(direction, eng, spec, on_apply)
-        finally:
-            eng.dispose()
+        log.info("migration_attempt", direction=direction, attempt=n, lock_timeout_ms=int(timeout * 1000),
+                 target=target, backend=ctx.migrations.kind)
+        ctx.migrations.migrate(direction, spec, settings=ctx.settings(timeout), on_apply=on_apply)
 
     def on_retry(n: int, sleep: float, exc: BaseException | None) -> None:
         log.warning("lock_timeout_retry", direction=direction, attempt=n, sleep_s=round(sleep, 2),
@@ -115,19 +108,8 @@ def upgrade(ctx: Context, params: Any) -> dict[str, Any]:
 
 
 def irreversible(ctx: Context, rev: Revision) -> bool:
-    """A revision whose downgrade is missing, empty (``pass``) or declared irreversible."""
-    if rev.irreversible:
-        return True
-    module = ctx.migrations.script.get_revision(rev.id).module
-    fn = getattr(module, "downgrade", None)
-    if fn is None:
-        return True
-    try:
-        body = [ln.strip() for ln in inspect.getsource(fn).splitlines()[1:]]
-    except (OSError, TypeError):
-        return False
-    code = [ln for ln in body if ln and not ln.startswith("#") and not ln.startswith(('"""', "'''"))]
-    return all(ln in ("pass", "...") for ln in code)
+    """A revision whose downgrade is missing, empty (``pass``), raising or declared irreversible."""
+    return ctx.migrations.irreversible(rev)
 
 
 def resolve_down(ctx: Context, to: str) -> tuple[str, ...]:
@@ -141,15 +123,20 @@ def downgrade(ctx: Context, params: Any) -> dict[str, Any]:
     current = ctx.current()
     facts: dict[str, Any] = {"from": fmt(current), "to": fmt(target)}
     if set(current) != set(target):
-        if len(target) > 1:
-            raise MigrationError(f"cannot downgrade to several heads at once ({fmt(target)})",
-                                 step="downgrade", host=ctx.host.name)
-        undo = ctx.migrations.to_undo(current, target[0] if target else "base")
-        blocked = [r for r in undo if irreversible(ctx, r)]
-        if blocked:
-            raise MigrationError(f"revision {blocked[0].id} ({blocked[0].doc}) has no downgrade: "
-                                 "it cannot be reversed", step="downgrade", host=ctx.host.name)
-        facts["reverted"] = _apply(ctx, "downgrade", fmt(target), target[0] if target else "base", undo)
+        undo = ctx.migrations.to_undo(current, target)
+        for rev in undo:
+            why = ctx.migrations.why_irreversible(rev)
+            if why:  # refused before anything runs: the playbook's restore takes over
+                raise MigrationError(f"revision {rev.id} ({rev.doc}) has no downgrade ({why}): it cannot "
+                                     "be reversed", step="downgrade", host=ctx.host.name)
+        # Several heads (the run started before a merge): Alembic's downgrade to one of them undoes
+        # only what descends from it, so one downgrade per head gets back to all of them.
+        facts["reverted"] = []
+        for spec in target or ("base",):
+            if set(ctx.current()) == set(target):
+                break
+            facts["reverted"] += _apply(ctx, "downgrade", fmt(target), spec,
+                                        ctx.migrations.to_undo(ctx.current(), (spec,) if target else ()))
         after = ctx.current()
         if set(after) != set(target):
             raise MigrationError(f"downgrade returned, but alembic_version holds {fmt(after)}, "

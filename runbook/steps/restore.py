@@ -4,6 +4,12 @@ The current state is dumped first (nothing is ever overwritten without a backup 
 ``psql --single-transaction``: the database's own schemas are dropped and the dump's SQL (from
 ``pg_restore -f -``) is replayed. If anything fails, including pg_restore itself, the transaction
 rolls back and the database is exactly as it was before the step.
+
+The replay runs with ``lock_timeout`` (through ``PGOPTIONS``) and is retried on a lock timeout, like
+the upgrade, bounded by ``max_wait``: a session of the application holding a lock must neither keep
+the restore waiting for hours nor have every other query queue behind the restore's DROP meanwhile.
+A backup that cannot be read or does not match its checksum raises ``BackupUnusable``: restoring it
+again is pointless, and the engine says so.
 """
 
 from __future__ import annotations
@@ -12,8 +18,11 @@ from typing import Any
 
 from ..context import Backup, Context
 from ..errors import CommandFailed, CommandTimedOut, RestoreError
+from ..migrations import LOCK_NOT_AVAILABLE
 from ..postgres import conn_args
+from ..retry import LockRetriesExhausted, lock_retries
 from ..transports.base import quote
+from ..units import pg_ms
 from . import backup as backup_step
 from .hostcmd import bin_path, pg_env
 
@@ -22,6 +31,42 @@ SELECT nspname FROM pg_namespace
 WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'
 ORDER BY 1
 """
+
+# A schema made by CREATE SCHEMA is owned by its creator, with no grant and no comment; the public
+# schema of a new database is not (PostgreSQL 15: pg_database_owner, USAGE for PUBLIC, a comment),
+# and pg_dump only records how public differs from those defaults. So the public schema gets back
+# its current owner, grants and comment, or roles of the application would lose USAGE on it.
+PUBLIC_SCHEMA_SQL = """
+SELECT format('DO $rb$ BEGIN ALTER SCHEMA public OWNER TO %I; '
+              'EXCEPTION WHEN insufficient_privilege THEN NULL; END $rb$;', pg_get_userbyid(n.nspowner))
+       || E'\n' || coalesce((
+           SELECT string_agg(format('GRANT %s ON SCHEMA public TO %s%s;', a.privilege_type,
+                                    CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                         ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+                                    CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END), E'\n')
+           FROM aclexplode(n.nspacl) a WHERE a.grantee <> n.nspowner), '')
+       || E'\n' || format('COMMENT ON SCHEMA public IS %L;', obj_description(n.oid, 'pg_namespace'))
+       || E'\n'
+FROM pg_namespace n WHERE n.nspname = 'public'
+"""
+
+
+class BackupUnusable(RestoreError):
+    """The backup cannot be restored at all (unreadable, or not the file that was written)."""
+
+    backup_unusable = True
+
+
+class _LockTimeout(Exception):
+    """The replay hit ``lock_timeout`` (and was rolled back): retried by ``lock_retries``."""
+
+    sqlstate = LOCK_NOT_AVAILABLE
+
+
+def _errors(stderr: str, lines: int = 5) -> str:
+    """The tail of psql's stderr without its LOCATION lines (VERBOSITY=verbose adds them)."""
+    kept = [ln for ln in (stderr or "").strip().splitlines() if not ln.startswith("LOCATION:")]
+    return "\n".join(kept[-lines:])
 
 
 def chosen(ctx: Context, which: str) -> Backup:
@@ -35,35 +80,59 @@ def chosen(ctx: Context, which: str) -> Backup:
 def restore(ctx: Context, backup: Backup) -> Backup:
     """Save the current state, then restore ``backup``; returns the pre-restore backup."""
     db = ctx.database
-    check = ctx.transport.run(f"sha256sum {quote(backup.path)} | cut -d' ' -f1", check=False)
-    if not check.ok:
-        raise RestoreError(f"backup {backup.path} is not readable on {ctx.host.name}: {check.tail(3)}",
-                           step="restore", host=ctx.host.name)
-    if backup.sha256 and check.stdout.strip() != backup.sha256:
-        raise RestoreError(f"backup {backup.path} does not match its recorded sha256", step="restore",
-                           host=ctx.host.name)
+    # sha256sum alone: behind a pipe its failure (an unreadable file) would be the pipe's success.
+    check = ctx.transport.run(f"sha256sum {quote(backup.path)}", check=False)
+    if not check.ok or not check.stdout.strip():
+        raise BackupUnusable(f"backup {backup.path} is not readable on {ctx.host.name}: {check.tail(3)}",
+                             step="restore", host=ctx.host.name)
+    if backup.sha256 and check.stdout.split()[0] != backup.sha256:
+        raise BackupUnusable(f"backup {backup.path} does not match its recorded sha256 (damaged or "
+                             "replaced since it was written)", step="restore", host=ctx.host.name)
     saved = backup_step.take(ctx, label="_pre-restore")
     ctx.log.info("current_state_saved", **saved.fact())
     with ctx.connect("restore") as conn, conn.cursor() as cur:
         cur.execute(SCHEMAS_SQL)
         schemas = [r[0] for r in cur.fetchall()]
+        cur.execute(PUBLIC_SCHEMA_SQL)
+        public = "".join(r[0] for r in cur.fetchall())
     drops = "".join(f'DROP SCHEMA IF EXISTS "{s}" CASCADE;\n' for s in schemas)
-    prelude = f"SET client_min_messages = warning;\n{drops}CREATE SCHEMA public;\n"
+    prelude = f"SET client_min_messages = warning;\n{drops}CREATE SCHEMA public;\n{public}"
     fail = "DO $$ BEGIN RAISE EXCEPTION 'pg_restore failed: restore abandoned'; END $$;"
     script = (
         f"{{ printf '%s' {quote(prelude)}; "
         f"{quote(bin_path(ctx, 'pg_restore'))} -f - {quote(backup.path)} || echo {quote(fail)}; }} | "
-        + quote(bin_path(ctx, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
-                *conn_args(db.host, db.port, db.name, db.user))
+        + quote(bin_path(ctx, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose",
+                "--single-transaction", *conn_args(db.host, db.port, db.name, db.user))
         + " > /dev/null"
     )
+
+    def attempt(timeout: float, n: int) -> None:
+        ctx.log.info("restore_attempt", attempt=n, lock_timeout_ms=int(timeout * 1000), backup=backup.path)
+        try:
+            with pg_env(ctx) as env, backup_step.progress(ctx, f"restoring {backup.name}"):
+                env = {**env, "PGOPTIONS": f"-c lock_timeout={pg_ms(timeout)}"}
+                ctx.transport.run(script, env=env, timeout=ctx.env.config.backup.timeout)
+        except CommandFailed as exc:
+            stderr = exc.result.stderr if exc.result is not None else ""
+            if f"{LOCK_NOT_AVAILABLE}:" in stderr:
+                raise _LockTimeout(_errors(stderr, 2)) from exc
+            raise
+
+    def on_retry(n: int, sleep: float, exc: BaseException | None) -> None:
+        ctx.log.warning("lock_timeout_retry", direction="restore", attempt=n, sleep_s=round(sleep, 2),
+                        error=str(exc or ""))
+
+    rolled_back = f"was rolled back (the database is as it was; its state is saved in {saved.path})"
     try:
-        with pg_env(ctx) as env, backup_step.progress(ctx, f"restoring {backup.name}"):
-            ctx.transport.run(script, env=env, timeout=ctx.env.config.backup.timeout)
+        lock_retries(attempt, lock_timeout=ctx.locks.lock_timeout, max_wait=ctx.locks.max_wait,
+                     sleep=ctx.sleep, on_retry=on_retry)
+    except LockRetriesExhausted as exc:
+        raise RestoreError(f"restore of {backup.name} could not get its locks in {exc.attempts} tries within "
+                           f"max_wait {ctx.locks.max_wait:g}s (lock_timeout {ctx.locks.lock_timeout:g}s) and "
+                           f"{rolled_back}: {exc.last}", step="restore", host=ctx.host.name) from exc
     except CommandFailed as exc:
-        tail = exc.result.tail(5) if exc.result is not None else str(exc)
-        raise RestoreError(f"restore of {backup.name} failed and was rolled back (the database is as "
-                           f"it was; its state is saved in {saved.path}): {tail}",
+        tail = _errors(exc.result.stderr or exc.result.stdout) if exc.result is not None else str(exc)
+        raise RestoreError(f"restore of {backup.name} failed and {rolled_back}: {tail}",
                            step="restore", host=ctx.host.name) from exc
     except CommandTimedOut as exc:
         raise RestoreError(f"restore of {backup.name} timed out", step="restore", host=ctx.host.name) from exc

@@ -16,7 +16,7 @@ from .. import yamlfile
 from ..context import Context
 from ..errors import ConfigError, VerificationError
 from ..inventory import CheckConfig
-from ..migrations import Migrations, fmt
+from ..migrations import MigrationBackend, fmt
 
 _CHECKS = TypeAdapter(list[CheckConfig])
 
@@ -49,14 +49,9 @@ def validate(check: CheckConfig, path: str, line: int | None) -> None:
                               path=path, line=line) from None
 
 
-def load_all(migrations: Migrations) -> dict[str, list[CheckConfig]]:
+def load_all(migrations: MigrationBackend) -> dict[str, list[CheckConfig]]:
     """Every per-revision verification file of the project, validated before anything connects."""
-    folder = migrations.script_location / "verify"
-    out: dict[str, list[CheckConfig]] = {}
-    if folder.is_dir():
-        for path in sorted(folder.glob("*.y*ml")):
-            out[path.stem] = load_file(path)
-    return out
+    return {rev: load_file(path) for rev, path in migrations.verify_files().items()}
 
 
 def checks_for(ctx: Context, params: Any) -> tuple[list[CheckConfig], list[str]]:
@@ -108,7 +103,8 @@ def run(ctx: Context, params: Any) -> dict[str, Any]:
     checks, missing = checks_for(ctx, params)
     revision = fmt(ctx.current())
     for rev in missing:
-        ctx.log.warning("verify_file_missing", revision=rev, path=str(ctx.migrations.verify_file(rev)))
+        ctx.log.warning("verify_file_missing", revision=rev, path=ctx.migrations.verify_location(rev),
+                        hint="no per-revision checks for this revision: add that file to verify it")
     if not checks:
         ctx.log.warning("no_verification_queries", revision=revision)
     failures: list[str] = []

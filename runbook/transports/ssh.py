@@ -163,6 +163,9 @@ class SSHTransport(Transport):
             reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             raise ConnectError(f"cannot connect to {self.where}: {reason}") from exc
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        # SSH is request/response: with Nagle on, a small packet waits for the peer's delayed ACK
+        # (40 ms on Linux) at every handshake step, exec and SFTP open (bench/README.md).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.keepalive > 0 and hasattr(socket, "TCP_USER_TIMEOUT"):
             # Unacknowledged data past this kills the socket, so a cut link surfaces even mid-write.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, self.keepalive * 4 * 1000)
@@ -360,6 +363,11 @@ class _Forward:
                 continue
             except OSError:
                 return
+            # Nagle would hold back the tail of a multi-packet result for the client's delayed ACK.
+            try:
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
             try:
                 channel = self.transport.open_channel("direct-tcpip", self.remote, peer,
                                                       timeout=self.open_timeout)
