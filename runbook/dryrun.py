@@ -19,6 +19,8 @@ from .migrations import fmt
 
 
 def host_plan(engine: Any, host: Any, target: str) -> dict[str, Any]:
+    if engine.env.embedded and not _embedded_exists(engine.env):
+        return _plan_before_cluster(engine, host, target)
     with contextlib.ExitStack() as stack:
         ctx = connect(engine, host, stack)
         with ctx.connect("dry-run") as conn:
@@ -31,6 +33,33 @@ def host_plan(engine: Any, host: Any, target: str) -> dict[str, Any]:
                     "lines": [f"Host {host.name}: {ctx.database.name} at {fmt(current)}; "
                               f"this playbook applies no migration."]}
         return upgrade_plan(ctx, current, target)
+
+
+def _embedded_exists(env: Any) -> bool:
+    from .embedded import EmbeddedCluster
+
+    return (EmbeddedCluster(env.state_dir).data_dir / "PG_VERSION").exists()
+
+
+def _plan_before_cluster(engine: Any, host: Any, target: str) -> dict[str, Any]:
+    """No embedded cluster yet: a run creates it with the example data at the first revision.
+
+    Connecting would create it here, empty, and the run would then find no reason to load the data.
+    """
+    from types import SimpleNamespace
+
+    from .embedded import DB_NAME
+
+    first = tuple(r.revision for r in engine.migrations.script.walk_revisions() if not r.down_revision)[:1]
+    note = (f"the embedded cluster does not exist yet: the run creates it, upgrades it to {fmt(first)} "
+            "and loads the example data there")
+    if "upgrade" not in engine.playbook.kinds():
+        return {"host": host.name, "database": DB_NAME, "current": "base",
+                "lines": [f"Host {host.name}: {note}."]}
+    ctx = SimpleNamespace(migrations=engine.migrations, host=host, database=SimpleNamespace(name=DB_NAME))
+    plan = upgrade_plan(ctx, (), target)
+    plan["notes"].insert(0, note)
+    return plan
 
 
 def connect(engine: Any, host: Any, stack: contextlib.ExitStack) -> Any:

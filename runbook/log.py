@@ -108,12 +108,24 @@ def configure(*, json_stdout: bool = False, tty: bool | None = None, quiet: bool
     ]
     if quiet:
         processors.append(_Drop())
+    if not json_stdout:
+        processors.append(_for_console)
     processors.append(renderer)
     structlog.configure(
         processors=processors,
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+
+
+def _for_console(logger: Any, name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """People read the console: the run id and env are in the run log's name; times to the second."""
+    for key in ("run_id", "env", "phase"):
+        event.pop(key, None)
+    stamp = event.get("timestamp")
+    if isinstance(stamp, str) and "T" in stamp:
+        event["timestamp"] = stamp.split("T", 1)[1][:8]
+    return event
 
 
 class _Drop:

@@ -139,7 +139,7 @@ class RemoteMigrations(MigrationBackend):
             if rev.path:
                 try:
                     text = self._bound().transport.get_bytes(rev.path).decode("utf-8", "replace")
-                except (OSError, Exception):  # unreadable: treated as reversible, the read-back decides
+                except Exception:  # unreadable: treated as reversible (the downgrade itself will tell)
                     text = None
             cache["sources"][rev.id] = text
         return cache["sources"][rev.id]

@@ -22,6 +22,16 @@ from .migrations import fmt
 def host_status(engine: Any, host: Any) -> dict[str, Any]:
     env = engine.env
     migrations = engine.migrations
+    if env.embedded:
+        from .embedded import DB_NAME, EmbeddedCluster
+
+        if not (EmbeddedCluster(env.state_dir).data_dir / "PG_VERSION").exists():
+            # Read-only: creating the cluster here would leave a database without the example data.
+            return {"host": host.name, "database": DB_NAME, "current": "base", "head": fmt(migrations.heads()),
+                    "pending": [{"revision": r.id, "doc": r.doc} for r in migrations.pending((), "heads")],
+                    "backups": [], "backup_dir": folder_of(env), "run_lock": None, "sessions": [],
+                    "note": f"the embedded cluster does not exist yet: runbook {env.name} migrate creates it "
+                            "with the example data"}
     with contextlib.ExitStack() as stack:
         db, _bin, _created = engine._database(host, stack)
         transport = stack.enter_context(engine._transport(host))
@@ -112,6 +122,8 @@ def render(plan: Any, options: Any) -> int:
     lines = [f"Environment {env.name}"]
     for hs in report["hosts"]:
         lines.append(f"\n{hs['host']}: {hs['database']} at {hs['current']} (head {hs['head']})")
+        if hs.get("note"):
+            lines.append(f"  note: {hs['note']}")
         if hs["pending"]:
             lines.append(f"  pending: " + "; ".join(f"{p['revision']} {p['doc']}" for p in hs["pending"]))
         else:

@@ -39,7 +39,8 @@ on_failure:
 """
 
 
-def _owned_dir(prefix: str, user: str) -> Path:
+def _host_dir(prefix: str) -> Path:
+    """Not under pytest's tmp_path: its parents are mode 0700, closed to the deploy user."""
     path = Path(tempfile.mkdtemp(prefix=prefix))
     path.chmod(0o755)
     return path
@@ -58,7 +59,7 @@ def _chown_tree(path: Path, user: str) -> None:
 @pytest.fixture(scope="session")
 def deploy_venv(sshd: SSHServer) -> Iterator[Path]:
     """The application's own virtualenv on the host (alembic, SQLAlchemy, psycopg), once per session."""
-    base = _owned_dir("runbook-deploy-venv-", sshd.user)
+    base = _host_dir("runbook-deploy-venv-")
     venv = base / "venv"
     made = subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], capture_output=True, text=True)
     if made.returncode != 0:
@@ -75,9 +76,9 @@ def deploy_venv(sshd: SSHServer) -> Iterator[Path]:
 
 
 @pytest.fixture
-def deployed(project: Project, deploy_venv: Path, sshd: SSHServer) -> Iterator[Path]:
+def deployed(sshd: SSHServer) -> Iterator[Path]:
     """A folder for the application on the host, owned by the deploy user."""
-    app = _owned_dir("runbook-deploy-app-", sshd.user)
+    app = _host_dir("runbook-deploy-app-")
     try:
         yield app
     finally:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from tests.fixtures.project import Project
@@ -145,3 +149,28 @@ def test_status_shows_the_run_lock_of_a_run_in_progress(project: Project) -> Non
     assert running["status"] == "running" and running["incomplete"] is False
     assert project.db.alembic_version() == {"0003"}
     assert _status_json(project)["hosts"][0]["run_lock"] is None
+
+
+def test_status_and_dry_run_create_no_embedded_cluster(tmp_path: Path) -> None:
+    """On a fresh checkout, 'local status' and 'local migrate --dry-run' create nothing (the migrate loads the example data)."""
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text("environments:\n  local:\n    embedded: true\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOOK_")}
+
+    def runbook(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "runbook", "--inventory", str(inventory), *args],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL, check=False)
+
+    status = runbook("--json", "local", "status")
+    assert status.returncode == 0, status.stderr
+    (report,) = [e for e in map(json.loads, status.stdout.splitlines()) if e.get("event") == "status"]
+    (host,) = report["hosts"]
+    assert host["current"] == "base" and [p["revision"] for p in host["pending"]] == ["0001", "0002"]
+    assert "does not exist yet" in host["note"]
+
+    plan = runbook("local", "migrate", "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert "at base, target 0002" in plan.stdout and "revision 0001" in plan.stdout
+    assert "upgrades it to 0001 and loads the example data" in plan.stdout
+    assert not (tmp_path / ".runbook").exists()
