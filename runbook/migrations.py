@@ -280,9 +280,18 @@ class Migrations(MigrationBackend):
             from alembic.util import CommandError
 
             try:
-                self._script = ScriptDirectory.from_config(self.config())
-            except (CommandError, ImportError, SyntaxError, OSError) as exc:
+                script = ScriptDirectory.from_config(self.config())
+                script.revision_map.heads  # loads every revision file now, not half-way into a run
+            except SyntaxError as exc:
+                raise ConfigError(f"revision file does not compile: {exc.msg}", path=exc.filename,
+                                  line=exc.lineno) from None
+            except (CommandError, ImportError, OSError) as exc:
                 raise ConfigError(f"alembic project of {self.ini}: {type(exc).__name__}: {exc}") from None
+            except Exception as exc:  # a revision module that raises when imported
+                where = _innermost_file(exc)
+                raise ConfigError(f"alembic project of {self.ini}: loading {where or 'a revision'} "
+                                  f"raised {type(exc).__name__}: {exc}") from None
+            self._script = script
         return self._script
 
     @property
@@ -451,3 +460,17 @@ def backend_for(env: Any) -> MigrationBackend:
         return RemoteMigrations(cfg.remote, url_env=cfg.url_env, url_driver=cfg.url_driver,
                                 timeout=cfg.timeout)
     return Migrations(env.alembic_ini, url_env=cfg.url_env, url_driver=cfg.url_driver)
+
+
+def _innermost_file(exc: BaseException) -> str | None:
+    """``file:line`` of the deepest frame of ``exc`` outside Alembic and the standard library."""
+    import traceback
+
+    found = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if "/alembic/" in frame.filename and "site-packages" in frame.filename:
+            continue
+        if frame.filename.startswith("<"):
+            continue
+        found = f"{frame.filename}:{frame.lineno}"
+    return found

@@ -302,3 +302,19 @@ def test_final_lines_are_one_line_and_redacted() -> None:
     finally:
         REDACTOR.secrets = before
     assert text == 'runbook: error: connection failed / FATAL:  password "***" rejected'
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("def upgrade(:\n    pass\n", "0003_test.py:3: revision file does not compile"),
+    ("import no_such_module_here\n", "No module named 'no_such_module_here'"),
+    ("1 / 0\n", "raised ZeroDivisionError"),
+])
+def test_broken_revision_file_is_bad_input(project: Project, body: str, expected: str) -> None:
+    """A revision file that does not compile or import is one located line, exit 2, nothing touched."""
+    project.own_migrations()
+    project.upgrade_to("0001")
+    before = project.state()
+    (project.alembic_dir / "versions" / "0003_test.py").write_text(
+        f'revision = "0003"\ndown_revision = "0002"\n{body}')
+    line = refused(project, before, cli(project, "prod", "migrate"))
+    assert expected in line
