@@ -180,13 +180,32 @@ class Engine:
 
     # -- running ------------------------------------------------------------------------------
     def run(self) -> Outcome:
+        """Host after host; the first host that does not succeed stops the fleet."""
+        hosts = self.env.hosts
+        done: list[tuple[str, Outcome]] = []
         outcome = Outcome(0, "succeeded", "nothing to do")
-        for host in self.env.hosts:
+        for host in hosts:
             with structlog.contextvars.bound_contextvars(host=host.name):
-                outcome = self.run_host(host)
+                try:
+                    outcome = self.run_host(host)
+                except RunbookError as exc:
+                    if len(hosts) == 1:
+                        raise
+                    outcome = Outcome(exc.exit_code, "refused" if exc.exit_code in (2, 4) else "failed",
+                                      f"{host.name}: {exc}", exc.hint)
+            done.append((host.name, outcome))
             if outcome.code != 0:
                 break
-        return outcome
+        if len(hosts) == 1:
+            return outcome
+        # a fleet: say where each host stands, so nobody has to guess which databases changed
+        lines = [f"{name}: {'ok' if o.code == 0 else 'FAILED (exit %d)' % o.code}: {o.message}"
+                 for name, o in done]
+        skipped = [h.name for h in hosts[len(done):]]
+        if skipped:
+            lines.append(f"not run: {', '.join(skipped)}")
+        self.log.info("fleet_finished", hosts={n: o.code for n, o in done}, not_run=skipped)
+        return Outcome(outcome.code, outcome.status, " | ".join(lines), outcome.next_command)
 
     def run_host(self, host: Host) -> Outcome:
         with contextlib.ExitStack() as stack:
