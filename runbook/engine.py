@@ -235,8 +235,9 @@ class Engine:
             record = self.journal.host(host.name)
             record.update(start_revision=fmt(ctx.start), database=db.name)
             self.journal.save()
-            self.log.info("run_started", playbook=self.playbook.name, revision=fmt(ctx.start),
-                          heads=fmt(ctx.migrations.heads()))
+            heads = {"heads": fmt(ctx.migrations.heads())} \
+                if self.playbook.kinds() - {"backup", "prune", "shell", "restore"} else {}
+            self.log.info("run_started", playbook=self.playbook.name, revision=fmt(ctx.start), **heads)
             outcome = self._run_steps(ctx)
             with contextlib.suppress(Exception):
                 record["end_revision"] = fmt(ctx.current())
