@@ -298,3 +298,35 @@ def test_lost_ssh_connection_mid_upgrade_rolls_back(project: Project) -> None:
     # Back on a new tunnel, the run holds its run lock again before the rollback goes on.
     assert events[names.index("reconnected")]["run_lock"] == "held again"
     assert "rolled back (the failed transaction rolled back" in err
+
+
+
+def test_password_file_removed_on_the_host_when_the_runner_dies(project: Project) -> None:
+    """Runner SIGKILLed during pg_dump: the host's script still removes its password file and partial dump."""
+    import glob
+    import signal
+    import subprocess
+    import time
+
+    project.upgrade_to("0001")
+    project.db.psql("CREATE TABLE big AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 300000) g")
+    proc = project.start("prod", "backup")
+
+    def dumps() -> list[str]:
+        out = subprocess.run(["pgrep", "-u", project.ssh.user, "-f", "pg_dump -Fc"], capture_output=True, text=True)
+        return out.stdout.split()
+
+    deadline = time.time() + 30
+    while time.time() < deadline and not dumps():
+        time.sleep(0.02)
+    assert dumps(), "pg_dump never started on the host"
+    run_id = project.run_logs()[-1].stem
+    assert glob.glob(f"{project.ssh.home}/.runbook-pgpass-{run_id}-*"), "the password file exists while pg_dump runs"
+    proc.send_signal(signal.SIGKILL)  # nobody is left on the control side to clean up
+    proc.communicate(timeout=10)
+    deadline = time.time() + 60
+    while time.time() < deadline and dumps():
+        time.sleep(0.1)
+    time.sleep(0.3)
+    assert not glob.glob(f"{project.ssh.home}/.runbook-pgpass-{run_id}-*")
+    assert not list(project.backup_dir.glob("*.partial"))

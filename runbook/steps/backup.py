@@ -18,14 +18,31 @@ from ..errors import BackupError, CommandFailed, CommandTimedOut
 from ..migrations import fmt
 from ..postgres import pg_dump_cmd, pg_restore_list_cmd
 from ..transports.base import quote
-from .hostcmd import backup_dir, pg_env
+from .hostcmd import backup_dir, cleanup_trap, pg_env
 
 
 def take(ctx: Context, label: str = "") -> Backup:
     """Dump the database now; returns the verified backup."""
-    db = ctx.database
     revision = fmt(ctx.current()).replace(",", "+")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for _ in range(3):
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        try:
+            return _dump(ctx, label, revision, stamp)
+        except _NameTaken:  # another backup of this database and revision within the same second
+            ctx.sleep(1.0)
+    raise BackupError("three backups named alike in a row: is another process writing to the backup folder?",
+                      step="backup", host=ctx.host.name)
+
+
+class _NameTaken(Exception):
+    pass
+
+
+NAME_TAKEN = 75  # EX_TEMPFAIL
+
+
+def _dump(ctx: Context, label: str, revision: str, stamp: str) -> Backup:
+    db = ctx.database
     folder = backup_dir(ctx)
     name = f"{db.name}_{ctx.env.name}_{stamp}_{revision}{label}.dump"
     path = f"{folder}/{name}"
@@ -33,7 +50,8 @@ def take(ctx: Context, label: str = "") -> Backup:
     script = "; ".join([
         "set -e",
         "umask 077",
-        f"trap {quote('rm -f ' + quote(partial))} EXIT",
+        f"[ ! -e {quote(path)} ] || exit {NAME_TAKEN}",
+        cleanup_trap(partial),
         f"mkdir -p {quote(folder)}",
         pg_dump_cmd(db.host, db.port, db.name, db.user, partial, ctx.pg_bin),
         pg_restore_list_cmd(partial, ctx.pg_bin),
@@ -51,6 +69,8 @@ def take(ctx: Context, label: str = "") -> Backup:
             _prewarm()
             result = ctx.transport.run(script, env=env, timeout=ctx.env.config.backup.timeout)
     except CommandFailed as exc:
+        if exc.result is not None and exc.result.exited == NAME_TAKEN:
+            raise _NameTaken() from None
         tail = exc.result.tail(5) if exc.result is not None else str(exc)
         raise BackupError(f"pg_dump of {db.name} on {ctx.host.name} failed: {tail}",
                           step="backup", host=ctx.host.name) from exc

@@ -51,3 +51,13 @@ def remove_pgpass_of(ctx: Any, run_id: str) -> int:
 
 def bin_path(ctx: Any, program: str) -> str:
     return f"{ctx.pg_bin}/{program}" if ctx.pg_bin else program
+
+
+def cleanup_trap(*paths: str) -> str:
+    """Shell lines that remove ``paths`` and the command's PGPASSFILE however the script ends
+    (a signal from the remote ``timeout``, or from sshd when the session is torn down, included)."""
+    from ..transports.base import quote
+
+    files = " ".join(quote(p) for p in paths)
+    on_exit = f"rm -f -- {files} ${{PGPASSFILE:+\"$PGPASSFILE\"}}"
+    return f"trap {quote(on_exit)} EXIT; trap 'exit 129' HUP INT TERM"

@@ -24,7 +24,7 @@ from ..retry import LockRetriesExhausted, lock_retries
 from ..transports.base import quote
 from ..units import pg_ms
 from . import backup as backup_step
-from .hostcmd import bin_path, pg_env
+from .hostcmd import bin_path, cleanup_trap, pg_env
 
 SCHEMAS_SQL = """
 SELECT nspname FROM pg_namespace
@@ -99,6 +99,7 @@ def restore(ctx: Context, backup: Backup) -> Backup:
     prelude = f"SET client_min_messages = warning;\n{drops}CREATE SCHEMA public;\n{public}"
     fail = "DO $$ BEGIN RAISE EXCEPTION 'pg_restore failed: restore abandoned'; END $$;"
     script = (
+        cleanup_trap() + "; "
         f"{{ printf '%s' {quote(prelude)}; "
         f"{quote(bin_path(ctx, 'pg_restore'))} -f - {quote(backup.path)} || echo {quote(fail)}; }} | "
         + quote(bin_path(ctx, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose",
