@@ -90,6 +90,7 @@ class LocksConfig(_Model):
     blockers: Literal["wait", "abort", "terminate"] = "wait"
     statement_timeout: Duration | None = None
     long_transaction: Duration = 60.0
+    concurrently_timeout: Duration = 600.0  # lock_timeout of CREATE/DROP INDEX CONCURRENTLY, REINDEX CONCURRENTLY
 
 
 class AlembicConfig(_Model):

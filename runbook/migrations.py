@@ -345,11 +345,15 @@ class Migrations(MigrationBackend):
                 on_apply: OnApply | None = None) -> None:
         from . import postgres
 
+        from .concurrently import policy
+        from .units import pg_ms
+
         ctx = self._bound()
         purpose = f"{direction} {ctx.run_id}"
         eng = postgres.engine(ctx.endpoint, purpose=purpose, settings=settings)
         try:
-            with self._app_environment(with_password=True, settings=settings, purpose=purpose) as url:
+            with self._app_environment(with_password=True, settings=settings, purpose=purpose) as url, \
+                    policy(pg_ms(ctx.locks.concurrently_timeout), ctx.log):
                 self.run(direction, eng, target, on_apply, url=url, expect=ctx.endpoint)
         finally:
             eng.dispose()

@@ -37,6 +37,8 @@ def _apply(ctx: Context, direction: str, target: str, spec: str, revisions: list
         # Through the backend seam: in-process Alembic over the tunnel, or the application's own
         # Alembic on the host (alembic.remote); either way the session gets these settings.
         done.clear()
+        if n > 1:  # a failed CREATE INDEX CONCURRENTLY leaves an INVALID index the retry would trip on
+            drop_new_invalid_indexes(ctx, retry=False)
         log.info("migration_attempt", direction=direction, attempt=n, lock_timeout_ms=int(timeout * 1000),
                  target=target, backend=ctx.migrations.kind)
         ctx.migrations.migrate(direction, spec, settings=ctx.settings(timeout), on_apply=on_apply)
@@ -147,17 +149,40 @@ def downgrade(ctx: Context, params: Any) -> dict[str, Any]:
     return facts
 
 
-def drop_new_invalid_indexes(ctx: Context) -> list[str]:
-    """Drop INVALID indexes (a failed CREATE INDEX CONCURRENTLY) that this run left behind."""
-    before = set(ctx.journal.host(ctx.host.name).get("invalid_indexes_before") or [])
-    if "invalid_indexes_before" not in ctx.journal.host(ctx.host.name):
+def drop_new_invalid_indexes(ctx: Context, *, retry: bool = True) -> list[str]:
+    """Drop INVALID indexes (a failed CREATE INDEX CONCURRENTLY) that this run left behind.
+
+    DROP INDEX CONCURRENTLY blocks no application query but waits for older transactions, so it
+    runs under the concurrent-index policy (``locks.concurrently_timeout``); with ``retry`` its lock
+    timeouts are retried within ``max_wait``, without, they go to the caller's own retry loop.
+    """
+    from ..units import pg_ms
+
+    record = ctx.journal.host(ctx.host.name)
+    if "invalid_indexes_before" not in record:
         return []
+    before = set(record.get("invalid_indexes_before") or [])
     dropped = []
     for name in sorted(invalid_indexes(ctx) - before):
         schema, index = name.split(".", 1)
-        with ctx.connect("drop_index", settings=ctx.settings()) as conn:
-            conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{schema}"."{index}"')
+
+        def once(timeout: float, n: int) -> None:
+            with ctx.connect("drop_index", settings={"lock_timeout": pg_ms(timeout),
+                                                     "statement_timeout": "0"}) as conn:
+                conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{schema}"."{index}"')
+
+        if not retry:
+            once(ctx.locks.concurrently_timeout, 1)
+        else:
+            try:
+                lock_retries(once, lock_timeout=ctx.locks.concurrently_timeout, max_wait=ctx.locks.max_wait,
+                             sleep=ctx.sleep, on_retry=lambda n, pause, exc: ctx.log.warning(
+                                 "lock_timeout_retry", direction="drop_invalid_index", index=name,
+                                 attempt=n, sleep_s=round(pause, 2)))
+            except LockRetriesExhausted as exc:
+                raise MigrationError(f"INVALID index {name} left by a failed concurrent build could not be "
+                                     f"dropped within max_wait {ctx.locks.max_wait:g}s: older transactions "
+                                     "still run", step="downgrade", host=ctx.host.name) from exc.last
         ctx.log.warning("invalid_index_dropped", index=name)
         dropped.append(name)
     return dropped
-
