@@ -26,7 +26,7 @@ Exit codes:
   1  failed, and rolled back: the database is as it was before the run
   2  bad usage, configuration or input: nothing was touched
   3  failed and the rollback did not complete: a person is needed
-  4  refused by a guard (another run in progress, blockers under policy abort): nothing touched
+  4  refused by a guard (maintenance window, another run in progress, blockers): nothing touched
 """
 
 
@@ -50,6 +50,9 @@ def cli(inventory_path: str, yes: bool, json_out: bool, to: str | None, dry_run:
     \b
       runbook prod migrate             backup, check locks, upgrade head, verify; roll back on failure
       runbook prod migrate --dry-run   the plan, SQL and locks; changes nothing
+      runbook prod rollback            incident: back to where the last migrate started (asks first)
+      runbook prod rollback --restore  incident: restore the newest verified backup (asks first)
+      runbook prod status              revisions, pending, last runs, backups, lock holders now
       runbook local migrate            the embedded default: a throwaway local PostgreSQL
     """
     from .context import Options
