@@ -265,13 +265,6 @@ def spread(values: Sequence[float]) -> str:
 
 # -- the benchmark project --------------------------------------------------------------------
 
-def _host_dir(prefix: str, owner: str | None) -> Path:
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o755)
-    if owner and os.geteuid() == 0:
-        entry = pwd.getpwnam(owner)
-        os.chown(path, entry.pw_uid, entry.pw_gid)
-    return path
 
 
 BIG_DATA_SQL = """
@@ -438,11 +431,11 @@ class Bench:
 
 @pytest.fixture(scope="session")
 def bench(tmp_path_factory: pytest.TempPathFactory, pg_server: PgServer, sshd: SSHServer) -> Iterator[Bench]:
-    from tests.fixtures.project import Project
+    from tests.fixtures.project import Project, host_dir
 
     work = tmp_path_factory.mktemp("bench")
     dbs = BenchDatabases(pg_server, "bench_rag")
-    backups = _host_dir("runbook-bench-backups-", sshd.user)
+    backups = host_dir("runbook-bench-backups-", sshd.user)
     project = Project(work, dbs.db, sshd, backups / "rag_memory")
     project.write_inventory()
     # Any host/port/database: the tunnel's local port is only known when it is up.

@@ -7,6 +7,8 @@ at the expected revision) fails the benchmark: a fast wrong answer is not a resu
 
 from __future__ import annotations
 
+from tests.fixtures.project import NO_PREFLIGHT_PLAYBOOK
+
 import os
 import re
 import shutil
@@ -505,18 +507,6 @@ def hold_lock(bench: Bench, seconds: float, ready: threading.Event) -> threading
     return t
 
 
-NOCHECK_PLAYBOOK = """\
-description: migrate without check_locks, so the DDL meets a lock holder that came after the check.
-steps:
-  - backup
-  - upgrade: {to: head}
-  - verify
-on_failure:
-  - downgrade: {to: start}
-  - verify: {unless: downgrade_failed}
-  - restore: {if: rollback_failed}
-  - verify: {if: restored}
-"""
 
 
 def latency_run(bench: Bench, playbook: str, hold: float) -> dict[str, Any]:
@@ -547,7 +537,7 @@ def latency_run(bench: Bench, playbook: str, hold: float) -> dict[str, Any]:
 
 def test_6_app_latency(bench: Bench, report: Report) -> None:
     lock_timeout = 1.0  # the project inventory's locks.lock_timeout (tests.fixtures.project)
-    bench.project.write_playbook("migrate_nocheck", NOCHECK_PLAYBOOK)
+    bench.project.write_playbook("migrate_nocheck", NO_PREFLIGHT_PLAYBOOK)
     hold = 5.0
     after_check = [latency_run(bench, "migrate_nocheck", hold) for _ in range(RUNS)]
     waited_out = [latency_run(bench, "migrate", hold) for _ in range(RUNS)]

@@ -5,23 +5,11 @@ from __future__ import annotations
 import threading
 import time
 
-from tests.fixtures.project import Project
+from tests.fixtures.project import NO_PREFLIGHT_PLAYBOOK, Project
 
 CIC = """
 with op.get_context().autocommit_block():
     op.execute("CREATE INDEX CONCURRENTLY ix_documents_title ON documents (title)")
-"""
-PLAYBOOK = """
-description: migrate without the pre-flight, so an old transaction meets the index build itself
-steps:
-  - backup
-  - upgrade: {to: head}
-  - verify
-on_failure:
-  - downgrade: {to: start}
-  - verify: {unless: downgrade_failed}
-  - restore: {if: rollback_failed}
-  - verify: {if: restored}
 """
 
 
@@ -47,7 +35,7 @@ def _setup(project: Project, concurrently_timeout: str, max_wait: str) -> None:
     project.start_at_0002()
     project.add_revision("0003", "0002", CIC, "op.execute('DROP INDEX IF EXISTS ix_documents_title')",
                          doc="index document titles")
-    project.write_playbook("migrate", PLAYBOOK)
+    project.write_playbook("migrate", NO_PREFLIGHT_PLAYBOOK)
     project.write_inventory(locks={"lock_timeout": "1s", "max_wait": max_wait, "blockers": "wait",
                                    "concurrently_timeout": concurrently_timeout})
 

@@ -22,21 +22,9 @@ from urllib.parse import quote
 import pytest
 
 from tests.fixtures import byo
-from tests.fixtures.project import ProcessWatcher, Project
+from tests.fixtures.project import NO_PREFLIGHT_PLAYBOOK, ProcessWatcher, Project
 from tests.fixtures.sshd import SSHServer
 
-UNCHECKED = """\
-description: "a user's playbook without the pre-flight lock check: the upgrade meets the blocker itself"
-steps:
-  - backup
-  - upgrade: {to: head}
-  - verify
-on_failure:
-  - downgrade: {to: start}
-  - verify: {unless: downgrade_failed}
-  - restore: {if: rollback_failed}
-  - verify: {if: restored}
-"""
 
 
 def _host_dir(prefix: str) -> Path:
@@ -116,7 +104,7 @@ def test_remote_migrate_retries_a_blocker_through_pgoptions(project: Project, de
                                                             deploy_venv: Path) -> None:
     """A lock holder makes the host's alembic time out on lock_timeout (from PGOPTIONS): retried, then done; no password on any command line."""
     deploy(project, deployed, deploy_venv, start="r08")
-    project.write_playbook("migrate_unchecked", UNCHECKED)
+    project.write_playbook("migrate_unchecked", NO_PREFLIGHT_PLAYBOOK)
     blocker = project.db.admin()
     blocker.autocommit = False
     blocker.execute("LOCK TABLE accounts IN ACCESS SHARE MODE")
