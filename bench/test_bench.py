@@ -7,7 +7,7 @@ at the expected revision) fails the benchmark: a fast wrong answer is not a resu
 
 from __future__ import annotations
 
-from tests.fixtures.project import NO_PREFLIGHT_PLAYBOOK
+from tests.fixtures.project import NO_PREFLIGHT_PLAYBOOK, AppLoad
 
 import os
 import re
@@ -459,41 +459,6 @@ def test_5_restore_vs_pg_restore(bench: Bench, report: Report) -> None:
 
 # -- 6. application latency behind a migration --------------------------------------------------
 
-class AppLoad:
-    """Three application threads running SELECTs on collections in a loop, each query timed."""
-
-    def __init__(self, bench: Bench, threads: int = 3, pause: float = 0.01) -> None:
-        self.bench = bench
-        self.pause = pause
-        self.samples: list[tuple[float, float]] = []  # (start, latency)
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.errors: list[str] = []
-        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
-
-    def _loop(self) -> None:
-        try:
-            with self.bench.dbs.db.connect(autocommit=True, application_name="app") as conn:
-                while not self.stop.is_set():
-                    t = time.perf_counter()
-                    conn.execute("SELECT id, name, description FROM collections ORDER BY id LIMIT 20").fetchall()
-                    with self.lock:
-                        self.samples.append((t, time.perf_counter() - t))
-                    time.sleep(self.pause)
-        except Exception as exc:  # reported, the benchmark fails on it
-            self.errors.append(f"{type(exc).__name__}: {exc}")
-
-    def __enter__(self) -> "AppLoad":
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join()
-
-
 def hold_lock(bench: Bench, seconds: float, ready: threading.Event) -> threading.Thread:
     """A session that reads collections in an open transaction (ACCESS SHARE) for ``seconds``."""
     def body() -> None:
@@ -513,14 +478,14 @@ def latency_run(bench: Bench, playbook: str, hold: float) -> dict[str, Any]:
     bench.dbs.reset("small1")
     bench.clear_backups()
     wait_quiet()
-    with AppLoad(bench) as load:
+    with AppLoad(bench.dbs.db, sql="SELECT id, name, description FROM collections ORDER BY id LIMIT 20") as load:
         time.sleep(0.5)  # the application is running before the deploy
         ready = threading.Event()
         holder = hold_lock(bench, hold, ready)
         ready.wait(10)
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
         r, started, events = run_runbook(bench, "prod", playbook, what="migrate (latency)", quiet=False)
-        t1 = time.perf_counter()
+        t1 = time.monotonic()
         holder.join()
         time.sleep(0.3)
     if load.errors:

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from ruamel.yaml import YAML
 
-from tests.fixtures.project import ROOT, Project, dump_yaml
+from tests.fixtures.project import ROOT, AppLoad, Project, dump_yaml
 
 LOCK_TIMEOUT = 1.0
 
@@ -161,40 +161,6 @@ def _playbook_with_pause(project: Project) -> None:
     project.write_playbook("migrate", dump_yaml(shipped))
 
 
-class AppLoad:
-    """Application queries on collections from several connections, each one's latency recorded."""
-
-    def __init__(self, project: Project, clients: int = 3) -> None:
-        self.conns = [project.db.connect(autocommit=True, application_name=f"rag-api-{i}")
-                      for i in range(clients)]
-        self.latencies: list[tuple[float, float]] = []  # (started, seconds)
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._loop, args=(c,), daemon=True) for c in self.conns]
-
-    def _loop(self, conn: psycopg.Connection[Any]) -> None:
-        while not self.stop.is_set():
-            started = time.monotonic()
-            conn.execute("SELECT count(*) FROM collections").fetchone()
-            self.latencies.append((started, time.monotonic() - started))
-            time.sleep(0.01)
-
-    def __enter__(self) -> "AppLoad":
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=10)
-        for c in self.conns:
-            c.close()
-
-    @property
-    def worst(self) -> float:
-        return max(s for _, s in self.latencies)
-
-
 class MigrationWatcher:
     """Samples pg_stat_activity: how long each runbook:upgrade session has waited on a lock."""
 
@@ -227,7 +193,7 @@ def test_lock_timeout_retries_keep_application_latency_bounded(app_at_0001: Proj
     """A lock taken after the pre-flight: the upgrade retries on lock_timeout, app queries wait < 1.2 x lock_timeout, and it migrates once the holder commits."""
     project = app_at_0001
     _playbook_with_pause(project)
-    with AppLoad(project) as load, MigrationWatcher(project) as watcher:
+    with AppLoad(project.db) as load, MigrationWatcher(project) as watcher:
         proc = project.start("prod", "migrate")
         try:
             project.wait_event("step_started", proc=proc, step="shell")
@@ -256,8 +222,8 @@ def test_lock_timeout_retries_keep_application_latency_bounded(app_at_0001: Proj
 
     # The application: its queries queued behind a waiting ALTER for one lock_timeout at most.
     assert holder.released_at is not None
-    during = [s for t, s in load.latencies if t < holder.released_at]
-    assert len(during) > 50
+    during = [s for t, s in load.samples if t < holder.released_at]
+    assert not load.errors and len(during) > 50
     worst = load.worst
     print(f"worst application query latency {worst:.3f}s with lock_timeout {LOCK_TIMEOUT:g}s; "
           f"longest lock wait of a migration session {max(watcher.waits.values()):.3f}s; "

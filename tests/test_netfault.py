@@ -34,7 +34,7 @@ import pytest
 
 from tests.fixtures.pg import PgServer
 from tests.fixtures.project import Project
-from tests.fixtures.sshd import SSHServer, start_another_sshd
+from tests.fixtures.sshd import SSHServer, start_another_sshd, stop_sshd
 
 NET = ipaddress.IPv4Network("10.200.0.0/24")
 SSH_PORT = 2222
@@ -178,12 +178,7 @@ def nethost(sshd: SSHServer, pg_server: PgServer, tmp_path_factory: pytest.TempP
         yield NetHost(ns=ns, ns_dev=ns_dev, root_ip=root_ip, ns_ip=ns_ip, ssh=server)
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_sshd(proc)
         # sshd's per-connection children outlive the listener: end those (ours, all in our namespace).
         for pid in _ip("netns", "pids", ns).stdout.split():
             try:
