@@ -54,6 +54,13 @@ def folder_of(env: Any) -> str:
     return str(env.config.backup.dir)
 
 
+def on_host(folder: str, transport: Transport) -> str:
+    """``folder`` as a path on the host: ``~`` is the login user's home there, no trailing slash."""
+    if folder.startswith("~"):
+        folder = transport.home.rstrip("/") + folder[1:]
+    return folder.rstrip("/") or "/"
+
+
 def parse_name(name: str, prefix: str) -> tuple[str, str, str] | None:
     """``<prefix><stamp>_<revision>[_label].dump`` -> (stamp, revision, label)."""
     if not name.startswith(prefix) or not name.endswith(".dump"):

@@ -22,7 +22,7 @@ def host_plan(engine: Any, host: Any, target: str) -> dict[str, Any]:
     if engine.env.embedded and not _embedded_exists(engine.env):
         return _plan_before_cluster(engine, host, target)
     with contextlib.ExitStack() as stack:
-        ctx = connect(engine, host, stack)
+        ctx, _created = engine.open_host(host, stack)
         with ctx.connect("dry-run") as conn:
             conn.execute("SET default_transaction_read_only = on")
             current = postgres.current_revisions(conn)
@@ -62,34 +62,10 @@ def _plan_before_cluster(engine: Any, host: Any, target: str) -> dict[str, Any]:
     return plan
 
 
-def connect(engine: Any, host: Any, stack: contextlib.ExitStack) -> Any:
-    """A read-only look at one host: its transport, tunnel and the bound migration backend."""
-    from .context import Context
-
-    db, _bin, _created = engine._database(host, stack)
-    transport = stack.enter_context(engine._transport(host))
-    tunnel, endpoint = engine._connect(host, transport, db)
-    stack.callback(tunnel.close)
-    engine._check_reachable(endpoint, host)
-    return Context(engine.journal.run_id, engine.env, host, engine.options, engine.journal, transport, db,
-                   endpoint, engine.migrations, engine.log)
-
-
-def read_current(engine: Any, host: Any) -> tuple[tuple[str, ...], Any]:
-    with contextlib.ExitStack() as stack:
-        ctx = connect(engine, host, stack)
-        with ctx.connect("dry-run") as conn:
-            conn.execute("SET default_transaction_read_only = on")
-            return postgres.current_revisions(conn), ctx.database
-
-
 def rollback_plan(engine: Any, ctx: Any, current: tuple[str, ...]) -> dict[str, Any]:
     from .steps import rollback
 
-    from .backups import folder_of
-
     host, db = ctx.host, ctx.database
-    ctx.backup_dir = folder_of(engine.env)
     if engine.options.restore is not None:
         chosen = rollback.choose_backup(ctx)
         return {"host": host.name, "database": db.name, "current": fmt(current), "restore": chosen.fact(),

@@ -19,17 +19,16 @@ from typing import Any, Callable
 import structlog
 
 from . import journal as journal_mod
+from .backups import folder_of
 from .context import Context, Options
 from .errors import (ConfigError, ConnectError, GuardRefused, RunbookError, StepError)
 from .inventory import Database, Environment, Host
 from .journal import Journal
 from .migrations import Migrations, fmt
 from .playbook import Playbook, Step
-from .postgres import Endpoint
+from .postgres import RUN_LOCK, Endpoint
 from .steps.hostcmd import remove_pgpass_of
 from .transports.base import Transport, Tunnel
-
-LOCK_CLASS, LOCK_OBJ = 0x72756E62, 1  # 'runb': the run lock's advisory key
 
 
 @dataclass
@@ -89,17 +88,13 @@ class RunLock:
                            step="run_lock")
 
     def _try(self) -> bool:
-        row = self.conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, LOCK_OBJ)).fetchone()
+        row = self.conn.execute("SELECT pg_try_advisory_lock(%s, %s)", RUN_LOCK).fetchone()
         return bool(row and row[0])
 
     def _holder(self) -> tuple[int, str, str | None, Any] | None:
-        row = self.conn.execute(
-            "SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start "
-            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.granted "
-            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            (LOCK_CLASS, LOCK_OBJ)).fetchone()
-        return (int(row[0]), str(row[1] or ""), row[2], row[3]) if row else None
+        from .postgres import run_lock_holder
+
+        return run_lock_holder(self.conn)
 
     def _dead_runner(self, app: str) -> bool:
         """True only when the holder's runner is known to be dead: same control host, pid gone."""
@@ -207,24 +202,30 @@ class Engine:
         self.log.info("fleet_finished", hosts={n: o.code for n, o in done}, not_run=skipped)
         return Outcome(outcome.code, outcome.status, " | ".join(lines), outcome.next_command)
 
-    def run_host(self, host: Host) -> Outcome:
-        with contextlib.ExitStack() as stack:
-            db, pg_bin, created = self._database(host, stack)
+    def open_host(self, host: Host, stack: contextlib.ExitStack, *,
+                  announce: bool = False) -> tuple[Context, bool]:
+        """Reach one host: its database (the embedded cluster started first), the transport and the
+        tunnel, checked reachable; closed by ``stack``. Also True if the embedded database is new."""
+        db, pg_bin, created = self._database(host, stack)
+        if announce:
             self.log.info("connecting", transport="local" if host.ssh is None else "ssh",
                           ssh_host=host.ssh.host if host.ssh else None, database=db.name,
                           db_host=db.host, db_port=db.port)
-            transport = stack.enter_context(self._transport(host))
-            tunnel, endpoint = self._connect(host, transport, db)
-            stack.callback(tunnel.close)
-            self._check_reachable(endpoint, host)
-            backup_dir = self.env.config.backup.dir
-            if self.env.embedded and "backup" not in self.env.config.model_fields_set:
-                backup_dir = str(self.env.state_dir / "backups")
-            ctx = Context(self.journal.run_id, self.env, host, self.options, self.journal, transport, db,
-                          endpoint, self.migrations, self.log, pg_bin=pg_bin, backup_dir=backup_dir,
-                          sleep=self.sleep)
-            # After a reconnect ctx holds another transport: close whichever it holds at the end.
-            stack.callback(lambda: ctx.transport.close())
+        transport = stack.enter_context(self._transport(host))
+        tunnel, endpoint = self._connect(host, transport, db)
+        stack.callback(tunnel.close)
+        self._check_reachable(endpoint, host)
+        ctx = Context(self.journal.run_id, self.env, host, self.options, self.journal, transport, db,
+                      endpoint, self.migrations, self.log, pg_bin=pg_bin, backup_dir=folder_of(self.env),
+                      sleep=self.sleep)
+        # After a reconnect ctx holds another transport: close whichever it holds at the end.
+        stack.callback(lambda: ctx.transport.close())
+        return ctx, created
+
+    def run_host(self, host: Host) -> Outcome:
+        with contextlib.ExitStack() as stack:
+            ctx, created = self.open_host(host, stack, announce=True)
+            db, endpoint = ctx.database, ctx.endpoint
             lock = self._lock = RunLock(endpoint, self.journal.run_id, self.env.state_dir)
             lock.acquire()
             stack.callback(lock.release)

@@ -209,3 +209,19 @@ def terminate_run_sessions(conn: Any, run_id: str, *, wait: float = 5.0) -> list
     while found and run_sessions(conn, run_id) and time.monotonic() < deadline:
         time.sleep(0.05)
     return found
+
+
+RUN_LOCK = (0x72756E62, 1)  # 'runb': the advisory key of runbook's run lock (per database)
+
+RUN_LOCK_HOLDER_SQL = """
+SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.granted
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+
+def run_lock_holder(conn: Any) -> tuple[int, str, str | None, Any] | None:
+    """(server pid, application_name, client address, backend start) of the run lock's holder."""
+    row = conn.execute(RUN_LOCK_HOLDER_SQL, RUN_LOCK).fetchone()
+    return (int(row[0]), str(row[1] or ""), row[2], row[3]) if row else None

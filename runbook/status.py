@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-from types import SimpleNamespace
 from typing import Any
 
 import click
 
 from . import journal, postgres
-from .backups import folder_of, human_age, human_size, list_backups
+from .backups import folder_of, human_age, human_size, list_backups, on_host
 from .migrations import fmt
 
 
@@ -33,25 +32,18 @@ def host_status(engine: Any, host: Any) -> dict[str, Any]:
                     "note": f"the embedded cluster does not exist yet: runbook {env.name} migrate creates it "
                             "with the example data"}
     with contextlib.ExitStack() as stack:
-        db, _bin, _created = engine._database(host, stack)
-        transport = stack.enter_context(engine._transport(host))
-        tunnel, endpoint = engine._connect(host, transport, db)
-        stack.callback(tunnel.close)
-        engine._check_reachable(endpoint, host)
-        with postgres.connect(endpoint, purpose="status") as conn:
+        ctx, _created = engine.open_host(host, stack)  # its migration backend is bound to this host
+        db, transport = ctx.database, ctx.transport
+        with postgres.connect(ctx.endpoint, purpose="status") as conn:
             conn.execute("SET default_transaction_read_only = on")
             current = postgres.current_revisions(conn)
             sessions = postgres.sessions(conn, runbook=True)
             run_lock = run_lock_holder(conn)
-        folder = folder_of(env)
-        if folder.startswith("~"):
-            folder = transport.home.rstrip("/") + folder[1:]
+        folder = on_host(folder_of(env), transport)
         found = list_backups(transport, folder, db.name, env.name)
-        # Bound to this host: with alembic.remote the history is read there.
-        bound = migrations.bind(SimpleNamespace(host=host, transport=transport, database=db,
-                                                endpoint=endpoint, run_id="status"))
-        pending = bound.pending(current, "heads")
-        heads = bound.heads()
+        # with alembic.remote the history is read on this host
+        pending = ctx.migrations.pending(current, "heads")
+        heads = ctx.migrations.heads()
     long_tx = env.config.locks.long_transaction
     interesting = [s for s in sessions if s.locks or (s.state or "").startswith("idle in transaction")
                    or (s.xact_age_s or 0) >= long_tx]
@@ -62,19 +54,9 @@ def host_status(engine: Any, host: Any) -> dict[str, Any]:
             "run_lock": run_lock, "sessions": [s.fact() for s in interesting]}
 
 
-RUN_LOCK_SQL = """
-SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start
-FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.granted
-  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-"""
-
-
 def run_lock_holder(conn: Any) -> dict[str, Any] | None:
     """The session holding runbook's run lock on this database (a run in progress), if any."""
-    from .engine import LOCK_CLASS, LOCK_OBJ
-
-    row = conn.execute(RUN_LOCK_SQL, (LOCK_CLASS, LOCK_OBJ)).fetchone()
+    row = postgres.run_lock_holder(conn)
     if row is None:
         return None
     pid, app, client, since = row

@@ -14,10 +14,9 @@ from ..postgres import pgpass_line
 
 
 def backup_dir(ctx: Any) -> str:
-    folder = ctx.backup_dir
-    if folder.startswith("~"):
-        folder = ctx.transport.home.rstrip("/") + folder[1:]
-    return folder.rstrip("/") or "/"
+    from ..backups import on_host
+
+    return on_host(ctx.backup_dir, ctx.transport)
 
 
 @contextlib.contextmanager
