@@ -66,23 +66,43 @@ def environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = old
 
 
+SECRETS_DIR = "secrets"
+
+
+def secrets_dir(state_dir: Path) -> Path:
+    """``.runbook/secrets``: 0700, where a run's password files live while it needs them."""
+    folder = state_dir / SECRETS_DIR
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(folder, 0o700)  # an existing folder too
+    return folder
+
+
 @contextlib.contextmanager
-def local_pgpass(endpoint: Any) -> Iterator[str]:
-    """A 0600 password file for ``endpoint`` on this machine, removed after the block."""
+def local_pgpass(endpoint: Any, state_dir: Path, run_id: str) -> Iterator[str]:
+    """A 0600 password file for ``endpoint`` on this machine, named by the run, removed after the
+    block (an interrupt included); ``sweep`` removes what a killed run left."""
     from .postgres import pgpass_line
 
-    folder = tempfile.mkdtemp(prefix="runbook-pgpass-")  # 0700
-    path = os.path.join(folder, "pgpass")
+    folder = secrets_dir(state_dir)
+    fd, path = tempfile.mkstemp(dir=folder, prefix=f"pgpass-{run_id}-")  # 0600, O_EXCL
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(pgpass_line("*", endpoint.port, "*", endpoint.user, endpoint.password))
         yield path
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)
+
+
+def sweep(state_dir: Path, run_id: str) -> list[str]:
+    """Remove the password files run ``run_id`` left here (it was killed); returns their names."""
+    folder = state_dir / SECRETS_DIR
+    removed = []
+    for path in folder.glob(f"pgpass-{run_id}-*") if folder.is_dir() else ():
         with contextlib.suppress(OSError):
-            os.rmdir(folder)
+            path.unlink()
+            removed.append(path.name)
+    return removed
 
 
 def absolute_paths(cfg: Any, base: Path) -> None:

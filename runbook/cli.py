@@ -15,7 +15,6 @@ from typing import Any
 
 import click
 
-EXIT_OK, EXIT_ROLLED_BACK, EXIT_USAGE, EXIT_NEEDS_PERSON, EXIT_REFUSED = 0, 1, 2, 3, 4
 ALEMBIC_STEPS = frozenset({"upgrade", "downgrade", "check_locks", "verify", "rollback"})
 
 EPILOG = """\b
@@ -27,6 +26,9 @@ Exit codes:
   2  bad usage, configuration or input: nothing was touched
   3  failed and the rollback did not complete: a person is needed
   4  refused by a guard (maintenance window, another run in progress, blockers): nothing touched
+\b
+Signals: SIGINT, SIGTERM, SIGHUP fail the current step and run the rollback (exit 1 or 3);
+a second signal does not abandon the rollback.
 """
 
 
@@ -74,32 +76,37 @@ def _say(options: Any, text: str, *, err: bool = False) -> None:
 def execute(inventory_path: Path, env_name: str, playbook_name: str, options: Any,
             argv: list[str] | None = None, sleep: Any = None) -> int:
     """Load, validate, run; returns the exit code. Usable from tests without a subprocess."""
-    from . import log
+    from . import interrupts, log
     from .errors import RunbookError
 
     log.configure(json_stdout=options.json, tty=sys.stderr.isatty())
-    try:
-        plan = _plan(inventory_path, env_name, playbook_name, options)
-    except RunbookError as exc:
-        _error(options, exc)
-        return exc.exit_code
-    if playbook_name == "status":
-        from .status import render as status
-
+    with interrupts.installed(on_ignored=_signal_ignored):
         try:
-            return status(plan, options)
+            plan = _plan(inventory_path, env_name, playbook_name, options)
+            if playbook_name == "status":
+                from .status import render as status
+
+                return status(plan, options)
+            if options.dry_run:
+                from .dryrun import render
+
+                return render(plan, options)
         except RunbookError as exc:
             _error(options, exc)
             return exc.exit_code
-    if options.dry_run:
-        from .dryrun import render
+        except interrupts.Interrupted as exc:  # before anything was touched
+            from .outcome import REFUSED
 
-        try:
-            return render(plan, options)
-        except RunbookError as exc:
-            _error(options, exc)
-            return exc.exit_code
-    return _run(plan, options, argv or [], sleep)
+            _say(options, f"runbook: {exc} before anything was touched", err=True)
+            return REFUSED
+        return _run(plan, options, argv or [], sleep)
+
+
+def _signal_ignored(name: str, why: str) -> None:
+    import structlog
+
+    structlog.get_logger("runbook").warning("signal_received", signal=name, action=f"ignored: {why}",
+                                            hint="SIGKILL is the only way to abandon a rollback")
 
 
 def _error(options: Any, exc: Any) -> None:
@@ -132,7 +139,7 @@ def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any)
     from .errors import ConfigError
     from .log import REDACTOR
     from .migrations import backend_for
-    from .steps import verify
+    from . import verifyfiles as verify
 
     inv = inventory.load(inventory_path)
     env = inv.environment(env_name)
@@ -170,8 +177,11 @@ def _confirm(env: Any, options: Any, pb: Any) -> None:
         return
     if not sys.stdin.isatty():
         raise ConfigError(f"environment '{env.name}' is protected: pass --yes to run without a terminal")
-    typed = click.prompt(f"Environment '{env.name}' is protected. Type its name to go on", default="",
-                         show_default=False)
+    try:
+        typed = click.prompt(f"Environment '{env.name}' is protected. Type its name to go on", default="",
+                             show_default=False)
+    except click.Abort:  # Ctrl-C or end of input at the prompt: the same as a wrong answer
+        typed = ""
     if typed.strip() != env.name:
         raise ConfigError(f"confirmation did not match '{env.name}': nothing was done")
 
@@ -179,10 +189,12 @@ def _confirm(env: Any, options: Any, pb: Any) -> None:
 def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
     import structlog
 
+    from . import interrupts
     from . import journal as journal_mod
     from .engine import Engine
     from .errors import RunbookError
     from .log import RUN_LOG
+    from .outcome import NEEDS_PERSON, Outcome, code_of, status_of_error
 
     env = plan.env
     run_id = journal_mod.new_run_id()
@@ -192,44 +204,77 @@ def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
     logger = structlog.get_logger("runbook")
     kwargs = {"sleep": sleep} if sleep is not None else {}
     with structlog.contextvars.bound_contextvars(run_id=run_id, env=env.name):
-        logger.info("run_requested", playbook=plan.playbook.name, to=options.to,
-                    hosts=[h.name for h in env.hosts], log=str(jr.log_path))
         try:
+            logger.info("run_requested", playbook=plan.playbook.name, playbook_file=str(plan.playbook.path),
+                        to=options.to, hosts=[h.name for h in env.hosts], log=str(jr.log_path))
             outcome = Engine(env, plan.playbook, options, jr, plan.migrations, **kwargs).run()
-        except RunbookError as exc:
-            code = exc.exit_code
-            logger.error("run_finished", exit_code=code, status="refused" if code in (2, 4) else "failed",
-                         error=str(exc))
-            jr.finish("refused" if code in (2, 4) else "failed", code)
-            RUN_LOG.close()
-            _error(options, exc)
-            return code
-        except BaseException:
-            logger.exception("internal_error")
-            jr.finish("internal_error", EXIT_NEEDS_PERSON)
-            RUN_LOG.close()
-            raise
-        logger.info("run_finished", exit_code=outcome.code, status=outcome.status,
-                    message=outcome.message, next=outcome.next_command)
-        jr.finish(outcome.status, outcome.code)
+        except (RunbookError, interrupts.Interrupted) as exc:
+            with interrupts.shielded():
+                code = code_of(exc)
+                status = "interrupted" if isinstance(exc, interrupts.Interrupted) else status_of_error(code)
+                if isinstance(exc, interrupts.Interrupted):
+                    jr.record.setdefault("interrupted", {"signal": exc.name, "step": None})
+                    exc = RunbookError(f"{exc} before any step: nothing was touched")
+                logger.error("run_finished", exit_code=code, status=status, error=str(exc))
+                jr.finish(status, code)
+                RUN_LOG.close()
+                _error(options, exc)
+                return code
+        except BaseException as exc:
+            # A bug: the database was not read back, so "as before" cannot be promised (exit 3).
+            with interrupts.shielded():
+                logger.exception("internal_error")
+                jr.finish("internal_error", NEEDS_PERSON)
+                RUN_LOG.close()
+                if not isinstance(exc, Exception):
+                    raise
+                import traceback
+
+                traceback.print_exc()
+                outcome = Outcome(NEEDS_PERSON, "internal_error",
+                                  f"internal error, the database was not read back: {type(exc).__name__}: {exc}",
+                                  f"runbook {env.name} status")
+                _report(options, outcome, jr)
+                return outcome.code
+        with interrupts.shielded():
+            logger.info("run_finished", exit_code=outcome.code, status=outcome.status,
+                        message=outcome.message, next=outcome.next_command)
+            jr.finish(outcome.status, outcome.code)
     RUN_LOG.close()
-    if not options.json:
-        stream_err = outcome.code != 0
-        click.echo(log_safe(f"runbook: {outcome.message}"), err=stream_err)
-        if outcome.next_command:
-            click.echo(log_safe(f"runbook: next: {outcome.next_command}"), err=stream_err)
-        click.echo(f"runbook: run log {jr.log_path}", err=stream_err)
+    _report(options, outcome, jr)
     return outcome.code
+
+
+def _report(options: Any, outcome: Any, jr: Any) -> None:
+    """The last lines a person (or cron's mail) reads."""
+    if options.json:
+        return
+    stream_err = outcome.code != 0
+    click.echo(log_safe(f"runbook: {outcome.message}"), err=stream_err)
+    if outcome.next_command:
+        click.echo(log_safe(f"runbook: next: {outcome.next_command}"), err=stream_err)
+    click.echo(f"runbook: run log {jr.log_path}", err=stream_err)
 
 
 def main() -> None:
     try:
-        cli(standalone_mode=True)
-    except KeyboardInterrupt:
-        click.echo("runbook: interrupted", err=True)
-        sys.exit(130)
+        # Not click's standalone mode: it turns an interrupt into "Aborted!" and exit 1, which
+        # promises a rollback; before the run's own handlers are installed nothing was touched.
+        code = cli.main(standalone_mode=False)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("runbook: interrupted before anything was touched", err=True)
+        _exit_now(SystemExit(4))
+    except click.ClickException as exc:
+        exc.show()
+        _exit_now(SystemExit(exc.exit_code))
     except SystemExit as exc:
         _exit_now(exc)
+    except Exception:  # a bug before any run started: its traceback, and a person is needed
+        import traceback
+
+        traceback.print_exc()
+        _exit_now(SystemExit(3))
+    _exit_now(SystemExit(code if isinstance(code, int) else 0))
 
 
 def _exit_now(exc: SystemExit) -> None:

@@ -52,13 +52,11 @@ class Context:
     host: Host
     options: Options
     journal: Journal
-    transport: Transport
-    database: Database
-    endpoint: Endpoint
+    session: Any  # hostsession.HostSession: transport and endpoint change when it reconnects
     migrations: MigrationBackend
     log: Any
-    pg_bin: str | None = None
     backup_dir: str = ""
+    step: str = ""  # the step running now: it names the database sessions runbook opens
     start: tuple[str, ...] = ()
     facts: dict[str, bool] = field(default_factory=dict)
     backup: Backup | None = None
@@ -71,6 +69,26 @@ class Context:
         # transport, in-process Alembic through its tunnel (both read live, so a reconnect holds).
         if getattr(self.migrations, "_ctx", None) is not self:
             self.migrations = self.migrations.bind(self)
+
+    @property
+    def transport(self) -> Transport:
+        transport: Transport = self.session.transport
+        return transport
+
+    @property
+    def endpoint(self) -> Endpoint:
+        endpoint: Endpoint = self.session.endpoint
+        return endpoint
+
+    @property
+    def database(self) -> Database:
+        database: Database = self.session.database
+        return database
+
+    @property
+    def pg_bin(self) -> str | None:
+        pg_bin: str | None = self.session.pg_bin
+        return pg_bin
 
     @property
     def locks(self) -> Any:
@@ -88,7 +106,8 @@ class Context:
     def connect(self, purpose: str, **kw: Any) -> Any:
         from . import postgres
 
-        return postgres.connect(self.endpoint, purpose=f"{purpose} {self.run_id}", **kw)
+        name = f"{self.step}/{purpose}" if self.step and self.step != purpose else purpose
+        return postgres.connect(self.endpoint, purpose=f"{name} {self.run_id}", **kw)
 
     def current(self) -> tuple[str, ...]:
         """alembic_version read back from the database, on a connection of its own."""

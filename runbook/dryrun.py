@@ -18,17 +18,17 @@ from . import postgres, sqlscan
 from .migrations import fmt
 
 
-def host_plan(engine: Any, host: Any, target: str) -> dict[str, Any]:
-    if engine.env.embedded and not _embedded_exists(engine.env):
-        return _plan_before_cluster(engine, host, target)
+def host_plan(viewer: Any, host: Any, target: str) -> dict[str, Any]:
+    if viewer.env.embedded and not _embedded_exists(viewer.env):
+        return _plan_before_cluster(viewer, host, target)
     with contextlib.ExitStack() as stack:
-        ctx, _created = engine.open_host(host, stack)
+        ctx = viewer.context(stack, host)
         with ctx.connect("dry-run") as conn:
             conn.execute("SET default_transaction_read_only = on")
             current = postgres.current_revisions(conn)
-        if "rollback" in engine.playbook.kinds():
-            return rollback_plan(engine, ctx, current)
-        if "upgrade" not in engine.playbook.kinds():  # backup, verify: no migration to show
+        if "rollback" in viewer.playbook.kinds():
+            return rollback_plan(viewer, ctx, current)
+        if "upgrade" not in viewer.playbook.kinds():  # backup, verify: no migration to show
             return {"host": host.name, "database": ctx.database.name, "current": fmt(current),
                     "lines": [f"Host {host.name}: {ctx.database.name} at {fmt(current)}; "
                               f"this playbook applies no migration."]}
@@ -41,7 +41,7 @@ def _embedded_exists(env: Any) -> bool:
     return (EmbeddedCluster(env.state_dir).data_dir / "PG_VERSION").exists()
 
 
-def _plan_before_cluster(engine: Any, host: Any, target: str) -> dict[str, Any]:
+def _plan_before_cluster(viewer: Any, host: Any, target: str) -> dict[str, Any]:
     """No embedded cluster yet: a run creates it with the example data at the first revision.
 
     Connecting would create it here, empty, and the run would then find no reason to load the data.
@@ -50,23 +50,23 @@ def _plan_before_cluster(engine: Any, host: Any, target: str) -> dict[str, Any]:
 
     from .embedded import DB_NAME
 
-    first = tuple(r.revision for r in engine.migrations.script.walk_revisions() if not r.down_revision)[:1]
+    first = tuple(r.revision for r in viewer.migrations.script.walk_revisions() if not r.down_revision)[:1]
     note = (f"the embedded cluster does not exist yet: the run creates it, upgrades it to {fmt(first)} "
             "and loads the example data there")
-    if "upgrade" not in engine.playbook.kinds():
+    if "upgrade" not in viewer.playbook.kinds():
         return {"host": host.name, "database": DB_NAME, "current": "base",
                 "lines": [f"Host {host.name}: {note}."]}
-    ctx = SimpleNamespace(migrations=engine.migrations, host=host, database=SimpleNamespace(name=DB_NAME))
+    ctx = SimpleNamespace(migrations=viewer.migrations, host=host, database=SimpleNamespace(name=DB_NAME))
     plan = upgrade_plan(ctx, (), target)
     plan["notes"].insert(0, note)
     return plan
 
 
-def rollback_plan(engine: Any, ctx: Any, current: tuple[str, ...]) -> dict[str, Any]:
+def rollback_plan(viewer: Any, ctx: Any, current: tuple[str, ...]) -> dict[str, Any]:
     from .steps import rollback
 
     host, db = ctx.host, ctx.database
-    if engine.options.restore is not None:
+    if viewer.options.restore is not None:
         chosen = rollback.choose_backup(ctx)
         return {"host": host.name, "database": db.name, "current": fmt(current), "restore": chosen.fact(),
                 "lines": rollback.restore_lines(ctx, chosen, current)}
@@ -165,17 +165,15 @@ def notes(current: tuple[str, ...], want: tuple[str, ...], heads: tuple[str, ...
 
 def render(plan: Any, options: Any) -> int:
     from .context import Options
-    from .engine import Engine
-    from .journal import Journal, new_run_id
+    from .hostsession import Viewer
 
     env = plan.env
     target = options.to or _playbook_target(plan.playbook)
-    engine = Engine(env, plan.playbook, options or Options(),
-                    Journal(env.state_dir, new_run_id(), env.name, plan.playbook.name, []), plan.migrations)
+    viewer = Viewer(env, plan.playbook, options or Options(), plan.migrations)
     report = {"env": env.name, "playbook": plan.playbook.name,
               "steps": [s.describe() for s in plan.playbook.steps],
               "on_failure": [s.describe() for s in plan.playbook.on_failure],
-              "hosts": [host_plan(engine, h, target) for h in env.hosts]}
+              "hosts": [host_plan(viewer, h, target) for h in env.hosts]}
     if options.json:
         click.echo(json.dumps({"event": "dry_run", **report}, default=str))
         return 0

@@ -1,127 +1,38 @@
 """Plan -> run -> on failure: the playbook's rollback steps -> always: the journal and the outcome.
 
-The engine owns a run on each host: it connects (transport, tunnel), takes the run lock on its own
-session, records the start revision, runs the playbook's steps, and on any failure runs the
-``on_failure`` steps under their conditions. The outcome is read back from the database, never
-assumed: exit 1 only if the database is at the start revision again and the rollback verified.
+The engine owns a run on each host: through a ``HostSession`` it reaches the host, takes the run
+lock (``RunLock``), ends what a dead earlier run left behind (``cleanup``), records the start
+revision, runs the playbook's steps (checking before each that the run lock is still held), and on
+any failure, a signal included, runs the ``on_failure`` steps under their conditions, shielded from
+further signals. The outcome is read back from the database, never assumed: ``outcome.
+rollback_verdict`` gives exit 1 only if the database is at the start revision again and nothing of
+the rollback failed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import structlog
 
-from . import journal as journal_mod
-from .backups import folder_of
+from . import interrupts
 from .context import Context, Options
-from .errors import (ConfigError, ConnectError, GuardRefused, RunbookError, StepError)
-from .inventory import Database, Environment, Host
+from .errors import ConfigError, GuardRefused, RunbookError, StepError
+from .hostsession import HostSession
+from .interrupts import Interrupted
+from .inventory import Environment, Host
 from .journal import Journal
 from .migrations import Migrations, fmt
+from .outcome import NEEDS_PERSON, Outcome, code_of, rollback_verdict, status_of_error
 from .playbook import Playbook, Step
-from .postgres import RUN_LOCK, Endpoint
-from .steps.hostcmd import remove_pgpass_of
-from .transports.base import Transport, Tunnel
+from .runlock import RunLock
 
 
-@dataclass
-class Outcome:
-    """How a run ended: the exit code and the lines a person reads last."""
-
-    code: int
-    status: str
-    message: str
-    next_command: str | None = None
-
-
-class RunLock:
-    """A PostgreSQL advisory lock held on a session of its own for the whole run (released if we die).
-
-    PostgreSQL releases it when the session ends, which it notices at once when the runner dies and
-    its SSH connection closes (tests/test_guard.py: free ~10 ms after a SIGKILL; a statement the
-    runner left running is cancelled within postgres.CLIENT_CHECK_INTERVAL, 1 s, where it used to
-    run to its end). It does not when the link is cut instead (power loss, network): sshd
-    on the host keeps the session open until its TCP keepalive gives up, for hours by default. A
-    holder whose runner is known dead (its journal, or its application_name, names this control
-    host and a pid that no longer runs) is therefore taken over: its sessions are terminated, which
-    also rolls back whatever transaction it left open. Any other holder is a refusal (exit 4).
-    """
-
-    def __init__(self, endpoint: Endpoint, run_id: str, state_dir: Path | None = None) -> None:
-        self.endpoint = endpoint
-        self.run_id = run_id
-        self.state_dir = state_dir
-        self.conn: Any = None
-
-    def acquire(self) -> None:
-        from . import postgres
-
-        who = f"lock {self.run_id} {socket.gethostname()}:{os.getpid()}"
-        self.conn = postgres.connect(self.endpoint, purpose=who)
-        if self._try():
-            return
-        holder = self._holder()
-        if holder is not None and self._dead_runner(holder[1]):
-            dead_run = _run_id_of(holder[1])
-            ended = postgres.terminate_run_sessions(self.conn, dead_run)
-            structlog.get_logger("runbook").warning(
-                "stale_run_lock_taken_over", previous_run=dead_run, sessions=ended,
-                reason="its runner is no longer running on this control host")
-            if self._try():
-                return
-            holder = self._holder()
-        self.release()
-        if holder:
-            pid, app, client, since = holder
-            who_holds = (f"{app.removeprefix('runbook:lock ')} (server pid {pid}, from {client or 'local'}, "
-                         f"since {since:%Y-%m-%d %H:%M:%S %Z})")
-        else:
-            who_holds = "another session"
-        raise GuardRefused(f"another runbook run is in progress on {self.endpoint.dbname}: {who_holds}",
-                           step="run_lock")
-
-    def _try(self) -> bool:
-        row = self.conn.execute("SELECT pg_try_advisory_lock(%s, %s)", RUN_LOCK).fetchone()
-        return bool(row and row[0])
-
-    def _holder(self) -> tuple[int, str, str | None, Any] | None:
-        from .postgres import run_lock_holder
-
-        return run_lock_holder(self.conn)
-
-    def _dead_runner(self, app: str) -> bool:
-        """True only when the holder's runner is known to be dead: same control host, pid gone."""
-        run_id = _run_id_of(app)
-        if not run_id:
-            return False
-        record = journal_mod.record(self.state_dir, run_id) if self.state_dir else None
-        if record is not None:
-            host, pid = record.get("control_host"), record.get("pid")
-        else:  # application_name is 'runbook:lock <run_id> <host>:<pid>' (63 bytes at most)
-            parts = app.split()
-            host, _, pid = parts[-1].rpartition(":") if len(parts) == 3 else ("", "", "")
-        if host != socket.gethostname() or not str(pid or "").isdigit():
-            return False
-        return int(str(pid)) != os.getpid() and not journal_mod.alive(int(str(pid)))
-
-    def release(self) -> None:
-        if self.conn is not None:
-            with contextlib.suppress(Exception):
-                self.conn.close()
-            self.conn = None
-
-
-def _run_id_of(app: str) -> str:
-    """The run id in a runbook application_name ('runbook:<purpose> <run_id> ...'), or ''."""
-    parts = app.removeprefix("runbook:").split()
-    return parts[1] if len(parts) > 1 and journal_mod.RUN_ID.fullmatch(parts[1]) else ""
+class RunLockLost(StepError):
+    """The run lock's session ended under the run: it must not go on unlocked."""
 
 
 class Engine:
@@ -138,41 +49,6 @@ class Engine:
         self.log = structlog.get_logger("runbook")
         self._lock: RunLock | None = None
 
-    # -- connecting ---------------------------------------------------------------------------
-    def _transport(self, host: Host) -> Transport:
-        if host.ssh is None:
-            from .transports.local import LocalTransport
-
-            return LocalTransport(name=host.name)
-        from .inventory import expand
-        from .transports.ssh import SSHTransport
-
-        base = self.env.inventory_path.parent
-        ssh = host.ssh
-        return SSHTransport(
-            ssh.host, port=ssh.port, user=ssh.user,
-            key_path=str(expand(ssh.key, base)) if ssh.key else None,
-            known_hosts_path=str(expand(ssh.known_hosts, base)),
-            connect_timeout=ssh.connect_timeout, keepalive=int(ssh.keepalive), name=host.name)
-
-    def _database(self, host: Host, stack: contextlib.ExitStack) -> tuple[Database, str | None, bool]:
-        """The host's database; for the embedded environment, start the throwaway cluster first."""
-        if not self.env.embedded:
-            assert host.database is not None
-            return host.database, None, False
-        from .embedded import EmbeddedCluster, find_bindir
-
-        cluster = EmbeddedCluster(self.env.state_dir)
-        emb = stack.enter_context(cluster)
-        bindir = find_bindir()
-        db = Database(emb.host, emb.port, emb.name, emb.user, emb.password)
-        return db, str(bindir) if bindir else None, emb.created
-
-    def _connect(self, host: Host, transport: Transport, db: Database) -> tuple[Tunnel, Endpoint]:
-        tunnel = transport.tunnel(db.host, db.port)
-        endpoint = Endpoint(tunnel.local_host, tunnel.local_port, db.name, db.user, db.password)
-        return tunnel, endpoint
-
     # -- running ------------------------------------------------------------------------------
     def run(self) -> Outcome:
         """Host after host; the first host that does not succeed stops the fleet."""
@@ -183,11 +59,12 @@ class Engine:
             with structlog.contextvars.bound_contextvars(host=host.name):
                 try:
                     outcome = self.run_host(host)
-                except RunbookError as exc:
+                except (RunbookError, Interrupted) as exc:
                     if len(hosts) == 1:
                         raise
-                    outcome = Outcome(exc.exit_code, "refused" if exc.exit_code in (2, 4) else "failed",
-                                      f"{host.name}: {exc}", exc.hint)
+                    code = code_of(exc)
+                    outcome = Outcome(code, status_of_error(code), f"{host.name}: {exc}",
+                                      getattr(exc, "hint", None))
             done.append((host.name, outcome))
             if outcome.code != 0:
                 break
@@ -200,63 +77,36 @@ class Engine:
         if skipped:
             lines.append(f"not run: {', '.join(skipped)}")
         self.log.info("fleet_finished", hosts={n: o.code for n, o in done}, not_run=skipped)
-        return Outcome(outcome.code, outcome.status, " | ".join(lines), outcome.next_command)
-
-    def open_host(self, host: Host, stack: contextlib.ExitStack, *,
-                  announce: bool = False) -> tuple[Context, bool]:
-        """Reach one host: its database (the embedded cluster started first), the transport and the
-        tunnel, checked reachable; closed by ``stack``. Also True if the embedded database is new."""
-        db, pg_bin, created = self._database(host, stack)
-        if announce:
-            self.log.info("connecting", transport="local" if host.ssh is None else "ssh",
-                          ssh_host=host.ssh.host if host.ssh else None, database=db.name,
-                          db_host=db.host, db_port=db.port)
-        transport = stack.enter_context(self._transport(host))
-        tunnel, endpoint = self._connect(host, transport, db)
-        stack.callback(tunnel.close)
-        self._check_reachable(endpoint, host)
-        ctx = Context(self.journal.run_id, self.env, host, self.options, self.journal, transport, db,
-                      endpoint, self.migrations, self.log, pg_bin=pg_bin, backup_dir=folder_of(self.env),
-                      sleep=self.sleep)
-        # After a reconnect ctx holds another transport: close whichever it holds at the end.
-        stack.callback(lambda: ctx.transport.close())
-        return ctx, created
+        worst = max(done, key=lambda d: (d[1].code == NEEDS_PERSON, d[1].code))[1]
+        return Outcome(worst.code, worst.status, " | ".join(lines), worst.next_command)
 
     def run_host(self, host: Host) -> Outcome:
-        with contextlib.ExitStack() as stack:
-            ctx, created = self.open_host(host, stack, announce=True)
-            db, endpoint = ctx.database, ctx.endpoint
-            lock = self._lock = RunLock(endpoint, self.journal.run_id, self.env.state_dir)
-            lock.acquire()
-            stack.callback(lock.release)
-            if created:
-                self._load_sample(ctx)
-            self._report_incomplete(ctx)
-            ctx.start = ctx.current()
-            record = self.journal.host(host.name)
-            record.update(start_revision=fmt(ctx.start), database=db.name)
-            self.journal.save()
-            heads = {"heads": fmt(ctx.migrations.heads())} \
-                if self.playbook.kinds() - {"backup", "prune", "shell", "restore"} else {}
-            self.log.info("run_started", playbook=self.playbook.name, revision=fmt(ctx.start), **heads)
-            outcome = self._run_steps(ctx)
-            with contextlib.suppress(Exception):
-                record["end_revision"] = fmt(ctx.current())
-            self.journal.save()
-            return outcome
-        raise AssertionError("unreachable")  # pragma: no cover
+        from . import cleanup
 
-    def _check_reachable(self, endpoint: Endpoint, host: Host) -> None:
-        import psycopg
-
-        from . import postgres
-
-        try:
-            postgres.connect(endpoint, purpose=f"probe {self.journal.run_id}").close()
-        except psycopg.OperationalError as exc:
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            raise ConnectError(f"cannot connect to database {endpoint.dbname} as {endpoint.user} on "
-                               f"{host.name}: {reason}") from None
+        with HostSession(self.env, host, self.journal.run_id, sleep=self.sleep).open(announce=True) as session:
+            ctx = session.context(self.options, self.journal, self.migrations)
+            lock = self._lock = RunLock(ctx.endpoint, self.journal.run_id, self.env.state_dir)
+            try:
+                lock.acquire()
+                if session.created:
+                    self._load_sample(ctx)
+                cleanup.dead_runs(ctx)
+                ctx.start = ctx.current()
+                record = self.journal.host(host.name)
+                record.update(start_revision=fmt(ctx.start), database=ctx.database.name)
+                self.journal.save()
+                heads = {"heads": fmt(ctx.migrations.heads())} \
+                    if self.playbook.kinds() - {"backup", "prune", "shell", "restore"} else {}
+                self.log.info("run_started", playbook=self.playbook.name, playbook_file=str(self.playbook.path),
+                              revision=fmt(ctx.start), **heads)
+                outcome = self._run_steps(ctx)
+                with interrupts.shielded():
+                    with contextlib.suppress(Exception):
+                        record["end_revision"] = fmt(ctx.current())
+                    self.journal.save()
+                return outcome
+            finally:
+                lock.release()
 
     def _load_sample(self, ctx: Context) -> None:
         """A fresh embedded database gets the example data at the first revision."""
@@ -267,7 +117,7 @@ class Engine:
         if not first:
             return
         rev = first[0].revision
-        eng = postgres.engine(ctx.endpoint, purpose="sample")
+        eng = postgres.engine(ctx.endpoint, purpose=f"sample {ctx.run_id}")
         try:
             self.migrations.run("upgrade", eng, rev)
         finally:
@@ -276,58 +126,60 @@ class Engine:
             conn.execute(sample_data_sql())
         self.log.info("sample_data_loaded", revision=rev)
 
-    def _report_incomplete(self, ctx: Context) -> None:
-        """Warn about runs killed half-way since the last run that ended knowing the database's state.
-
-        Runs refused by a guard in between (exit 2/4) never looked at the database: they do not
-        make a killed run before them any less worth saying. A run killed while pg_dump or
-        pg_restore ran could not remove its password file from the host: that is done here.
-        """
-        for rec in journal_mod.runs(self.env.state_dir, self.env.name):
-            run_id = str(rec.data.get("run_id") or "")
-            if run_id == self.journal.run_id:
-                continue
-            if rec.incomplete:
-                last = rec.last_step() or {}
-                self.log.warning("previous_run_incomplete", previous_run=run_id,
-                                 last_step=last.get("step"), last_step_outcome=last.get("outcome"),
-                                 started=rec.data.get("started"))
-                removed = remove_pgpass_of(ctx, run_id)
-                if removed:
-                    self.log.warning("stale_password_file_removed", previous_run=run_id, files=removed)
-            elif rec.data.get("status") in ("succeeded", "rolled_back", "failed", "needs_person"):
-                break
-
     def step(self, ctx: Context, step: Step, phase: str) -> dict[str, Any]:
         from .steps import runner
 
         entry = self.journal.step_started(ctx.host.name, step.kind, phase)
         started = time.monotonic()
+        ctx.step = step.kind
         with structlog.contextvars.bound_contextvars(step=step.kind, phase=phase):
             self.log.info("step_started", params=step.describe())
             try:
                 facts = runner(step.kind)(ctx, step.params)
             except BaseException as exc:
-                ms = int((time.monotonic() - started) * 1000)
-                error = str(exc) if isinstance(exc, RunbookError) else f"{type(exc).__name__}: {exc}"
-                self.log.error("step_failed", duration_ms=ms, error=error,
-                               exc_info=not isinstance(exc, RunbookError))
-                self.journal.step_finished(entry, "failed", {"error": error})
+                with interrupts.shielded():
+                    ms = int((time.monotonic() - started) * 1000)
+                    if isinstance(exc, Interrupted):
+                        self.log.error("step_interrupted", duration_ms=ms, signal=exc.name)
+                        self.journal.record["interrupted"] = {"signal": exc.name, "step": step.kind,
+                                                              "phase": phase}
+                        self.journal.step_finished(entry, "interrupted", {"signal": exc.name})
+                        raise
+                    error = str(exc) if isinstance(exc, RunbookError) else f"{type(exc).__name__}: {exc}"
+                    self.log.error("step_failed", duration_ms=ms, error=error,
+                                   exc_info=not isinstance(exc, RunbookError))
+                    self.journal.step_finished(entry, "failed", {"error": error})
                 raise
+            finally:
+                ctx.step = ""
             ms = int((time.monotonic() - started) * 1000)
             self.log.info("step_finished", duration_ms=ms, **facts)
             self.journal.step_finished(entry, "ok", facts)
             return facts
 
+    def _check_lock(self, ctx: Context) -> None:
+        """Before every step: the run lock is still ours, or the run stops (and rolls back)."""
+        lock = self._lock
+        if lock is not None and not lock.held():
+            self.log.error("run_lock_lost", holder=lock.holder())
+            raise RunLockLost("the run lock's session ended (terminated, timed out or the server restarted): "
+                              "the run does not go on unlocked", step="run_lock", host=ctx.host.name)
+
     def _run_steps(self, ctx: Context) -> Outcome:
         try:
             for step in self.playbook.steps:
                 if step.wanted(ctx.facts):
+                    self._check_lock(ctx)
                     self.step(ctx, step, "run")
         except (GuardRefused, ConfigError) as exc:  # a refusal, or bad input found on the host (rollback)
             if ctx.facts.get("changed"):
                 return self._rollback(ctx, exc)
             return Outcome(exc.exit_code, "refused", str(exc))
+        except Interrupted as exc:
+            with interrupts.shielded():
+                self.log.warning("run_interrupted", signal=exc.name, step=(self.journal.record.get(
+                    "interrupted") or {}).get("step"))
+                return self._rollback(ctx, exc)
         except Exception as exc:
             return self._rollback(ctx, exc)
         now = fmt(ctx.current())
@@ -339,14 +191,18 @@ class Engine:
         return Outcome(0, "succeeded", what)
 
     def _rollback(self, ctx: Context, error: BaseException) -> Outcome:
-        reason = str(error) if isinstance(error, RunbookError) else f"{type(error).__name__}: {error}"
+        with interrupts.shielded():
+            return self._rollback_shielded(ctx, error)
+
+    def _rollback_shielded(self, ctx: Context, error: BaseException) -> Outcome:
+        reason = str(error) if isinstance(error, (RunbookError, Interrupted)) else f"{type(error).__name__}: {error}"
         if not ctx.facts.get("changed"):
             current = self._read_back(ctx)
             if current is not None and set(current) == set(ctx.start):
                 self.log.info("rollback_not_needed", reason="nothing was changed", revision=fmt(current))
                 return Outcome(1, "failed", f"failed before any change: {reason}")
         self.log.warning("rollback_started", reason=reason, start_revision=fmt(ctx.start))
-        unresolved = False
+        unresolved = lost_to_other = False
         facts = ctx.facts
         problems: list[str] = []  # what failed during the rollback, in order, for the last lines
         reverted: list[str] = []
@@ -356,6 +212,11 @@ class Engine:
                 continue
             try:
                 self._ensure_connected(ctx)
+                if not self._ensure_locked(ctx):
+                    lost_to_other = True
+                    problems.append(f"another run holds the run lock ({self._lock.holder() if self._lock else '?'}): "
+                                    "the rollback was not run")
+                    break
                 done = self.step(ctx, step, "rollback")
                 reverted += done.get("reverted") or []
                 if step.kind == "restore":
@@ -370,22 +231,19 @@ class Engine:
                                 + (str(exc) if isinstance(exc, RunbookError) else f"{type(exc).__name__}: {exc}"))
         current = self._read_back(ctx)
         start = fmt(ctx.start)
-        if current is not None and set(current) == set(ctx.start) and not unresolved:
-            if facts.get("restored"):
-                how = "restored from the backup"
-            elif reverted:
-                how = "downgraded"
-            else:  # the failed upgrade's own transaction rolled back: there was nothing to downgrade
-                how = "the failed transaction rolled back"
-            self.log.info("rollback_finished", revision=start, how=how)
+        verdict = rollback_verdict(start=ctx.start, current=current, unresolved=unresolved,
+                                   restored=bool(facts.get("restored")), reverted=bool(reverted),
+                                   lock_lost_to_other=lost_to_other)
+        if verdict.code == 1:
+            self.log.info("rollback_finished", revision=start, how=verdict.how)
             return Outcome(1, "rolled_back",
-                           f"failed and rolled back ({how}; {ctx.database.name} at {start}, verified): {reason}")
+                           f"failed and rolled back ({verdict.how}; {ctx.database.name} at {start}, verified): {reason}")
         state = f"at {fmt(current)}" if current is not None else "in an unknown state (unreachable)"
         backup = ctx.backup.path if ctx.backup else None
         usable = backup is not None and not facts.get("backup_unusable")
-        if usable:
+        if usable and not lost_to_other:
             nxt = f"runbook {self.env.name} rollback --restore {backup.rsplit('/', 1)[-1]}"  # type: ignore[union-attr]
-        else:  # no backup this run can trust: look at the state and the older backups first
+        else:  # no backup this run can trust, or another run is at work: look at the state first
             nxt = f"runbook {self.env.name} status"
         if not problems:
             problems.append(f"the database is not back at {start}")
@@ -406,50 +264,24 @@ class Engine:
             return None
 
     def _ensure_connected(self, ctx: Context) -> None:
-        """After a lost link, reconnect (bounded) so the rollback can still run.
+        """After a lost link, reconnect (bounded) so the rollback can still run; the run lock is
+        then taken again by ``_ensure_locked`` before anything else runs."""
+        if not ctx.session.alive():
+            ctx.session.reconnect()
 
-        The sessions opened through the lost tunnel may still be alive on the server (it notices a
-        vanished client late when the link is cut rather than closed): they are terminated, so their
-        transactions roll back now and the run lock they held is free, and the run lock is taken
-        again before anything else runs. If another run took it meanwhile, nothing more is done.
-        """
-        from . import postgres
-
+    def _ensure_locked(self, ctx: Context) -> bool:
+        """The run lock is ours (taken again if its session was lost); False if another run has it."""
+        lock = self._lock
+        if lock is None or lock.held():
+            return True
+        lock.endpoint = ctx.endpoint
         try:
-            postgres.connect(ctx.endpoint, purpose=f"probe {ctx.run_id}", connect_timeout=5).close()
-            return
-        except Exception as exc:
-            self.log.warning("connection_lost", error=str(exc).strip()[:200])
-        deadline = time.monotonic() + 60
-        delay = 1.0
-        while True:
-            try:
-                with contextlib.suppress(Exception):
-                    ctx.transport.close()
-                transport = self._transport(ctx.host)
-                _tunnel, endpoint = self._connect(ctx.host, transport, ctx.database)
-                conn = postgres.connect(endpoint, purpose=f"probe {ctx.run_id}", connect_timeout=5)
-                break
-            except Exception as exc:
-                if time.monotonic() + delay > deadline:
-                    raise ConnectError(f"lost the connection to {ctx.host.name} and could not reconnect: "
-                                       f"{exc}") from exc
-                self.sleep(delay)
-                delay = min(delay * 2, 10)
-        try:
-            with conn:
-                ended = postgres.terminate_run_sessions(conn, ctx.run_id)
-            if ended:
-                self.log.warning("lost_sessions_terminated", sessions=ended)
-            if self._lock is not None:
-                self._lock.release()
-                self._lock.endpoint = endpoint
-                self._lock.acquire()
-        except BaseException:
-            transport.close()
-            raise
-        ctx.transport, ctx.endpoint = transport, endpoint
-        self.log.info("reconnected", run_lock="held again" if self._lock is not None else None)
+            lock.acquire()
+        except GuardRefused:
+            self.log.error("run_lock_taken_by_another_run", holder=lock.holder())
+            return False
+        self.log.warning("run_lock_taken_again")
+        return True
 
 
 def state_dir_of(inventory_path: Path) -> Path:

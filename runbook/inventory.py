@@ -187,6 +187,11 @@ class Environment:
     def secrets(self) -> list[str]:
         return [h.database.password for h in self.hosts if h.database and h.database.password]
 
+    def secret_vars(self) -> list[str]:
+        """The names of the variables that hold this environment's passwords (never inherited by
+        the commands runbook starts on this machine)."""
+        return sorted({h.database.password_env for h in self.hosts if h.database and h.database.password_env})
+
 
 @dataclass(frozen=True)
 class Inventory:

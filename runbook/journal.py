@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from . import runner
+
 RUNNING = "running"
 
 
@@ -65,7 +67,7 @@ class Journal:
             "run_id": run_id, "env": env, "playbook": playbook, "argv": argv,
             "status": RUNNING, "exit_code": None,
             "started": now_iso(), "finished": None,
-            "pid": os.getpid(), "control_host": socket.gethostname(),
+            **runner.identity(),  # control_host, machine_id, boot_id, pid, pid_start
             "current_step": None, "steps": [], "hosts": {},
         }
 
@@ -104,6 +106,8 @@ class RunRecord:
         """A run still marked running whose process is gone (killed, crashed, host lost)."""
         if self.data.get("status") != RUNNING:
             return False
+        if self.data.get("machine_id"):
+            return runner.known_dead(self.data)
         if self.data.get("control_host") != socket.gethostname():
             return False  # cannot tell from here; a run lock on the database answers that
         return not _alive(int(self.data.get("pid") or 0))

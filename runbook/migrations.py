@@ -422,7 +422,8 @@ class Migrations(MigrationBackend):
             values["PGAPPNAME"] = f"{APP_NAME}:{purpose}"[:63]
         with contextlib.ExitStack() as stack:
             if with_password and ctx is not None and ctx.endpoint.password is not None:
-                values["PGPASSFILE"] = stack.enter_context(appenv.local_pgpass(ctx.endpoint))
+                values["PGPASSFILE"] = stack.enter_context(
+                    appenv.local_pgpass(ctx.endpoint, ctx.env.state_dir, ctx.run_id))
             stack.enter_context(appenv.environ(values))
             yield url
 

@@ -156,7 +156,7 @@ class RemoteMigrations(MigrationBackend):
 
     def _fetch_verify_files(self, cache: dict[str, Any]) -> None:
         """Copy every ``verify/*.yaml`` beside the host's migrations here, and validate them."""
-        from .steps import verify
+        from . import verifyfiles as verify
 
         ctx = self._bound()
         local = Path(self._tmp.name) / re.sub(r"[^\w.-]", "_", ctx.host.name) / "verify"
@@ -213,13 +213,13 @@ class RemoteMigrations(MigrationBackend):
     def migrate(self, direction: str, target: str, *, settings: dict[str, str],
                 on_apply: OnApply | None = None) -> None:
         from .postgres import APP_NAME
-        from .steps.hostcmd import pg_env
+        from .hostcmd import pg_env
 
         ctx = self._bound()
         env = {"PGOPTIONS": pg_options(settings), "PGAPPNAME": f"{APP_NAME}:{direction} {ctx.run_id}"[:63]}
         with pg_env(ctx) as secret_env:  # {"PGPASSFILE": path}: the path only, never the password
             try:
-                result = self._alembic(f"{direction} {quote(target or 'base')}", env={**env, **secret_env})
+                result = self._alembic(f"{direction} {quote(target or 'base')}", env={**secret_env, **env})
             except CommandFailed as exc:  # pragma: no cover - check=False: only for transports that raise
                 result = exc.result
         # Alembic logs "Running upgrade a -> b" as each revision starts: when the command failed,

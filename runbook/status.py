@@ -18,9 +18,9 @@ from .backups import folder_of, human_age, human_size, list_backups, on_host
 from .migrations import fmt
 
 
-def host_status(engine: Any, host: Any) -> dict[str, Any]:
-    env = engine.env
-    migrations = engine.migrations
+def host_status(viewer: Any, host: Any) -> dict[str, Any]:
+    env = viewer.env
+    migrations = viewer.migrations
     if env.embedded:
         from .embedded import DB_NAME, EmbeddedCluster
 
@@ -32,9 +32,9 @@ def host_status(engine: Any, host: Any) -> dict[str, Any]:
                     "note": f"the embedded cluster does not exist yet: runbook {env.name} migrate creates it "
                             "with the example data"}
     with contextlib.ExitStack() as stack:
-        ctx, _created = engine.open_host(host, stack)  # its migration backend is bound to this host
+        ctx = viewer.context(stack, host)  # its migration backend is bound to this host
         db, transport = ctx.database, ctx.transport
-        with postgres.connect(ctx.endpoint, purpose="status") as conn:
+        with ctx.connect("status") as conn:
             conn.execute("SET default_transaction_read_only = on")
             current = postgres.current_revisions(conn)
             sessions = postgres.sessions(conn, runbook=True)
@@ -73,10 +73,21 @@ def runs_summary(env: Any, limit: int = 5) -> list[dict[str, Any]]:
                     "exit_code": d.get("exit_code"), "started": d.get("started"),
                     "finished": d.get("finished"), "duration_s": _duration(d),
                     "incomplete": rec.incomplete, "last_step": last.get("step"),
-                    "last_step_outcome": last.get("outcome"),
+                    "last_step_outcome": last.get("outcome"), "last_step_phase": last.get("phase"),
+                    "interrupted": d.get("interrupted"),
                     "hosts": {h: {k: v.get(k) for k in ("start_revision", "end_revision")}
                               for h, v in (d.get("hosts") or {}).items()}})
     return out
+
+
+def _where_it_stopped(run: dict[str, Any]) -> str:
+    """'its runner died during the rollback's restore, after SIGTERM during upgrade' and the like."""
+    phase = "the rollback's " if run.get("last_step_phase") == "rollback" else ""
+    where = f"its runner died during {phase}{run.get('last_step') or 'start-up'}"
+    signal = run.get("interrupted") or {}
+    if signal.get("signal"):
+        where += f", after {signal['signal']} during {signal.get('step') or 'start-up'}"
+    return where
 
 
 def _duration(d: dict[str, Any]) -> float | None:
@@ -90,13 +101,11 @@ def _duration(d: dict[str, Any]) -> float | None:
 
 def render(plan: Any, options: Any) -> int:
     from .context import Options
-    from .engine import Engine
-    from .journal import Journal, new_run_id
+    from .hostsession import Viewer
 
     env = plan.env
-    engine = Engine(env, plan.playbook, options or Options(),
-                    Journal(env.state_dir, new_run_id(), env.name, "status", []), plan.migrations)
-    report = {"env": env.name, "hosts": [host_status(engine, h) for h in env.hosts],
+    viewer = Viewer(env, plan.playbook, options or Options(), plan.migrations)
+    report = {"env": env.name, "hosts": [host_status(viewer, h) for h in env.hosts],
               "runs": runs_summary(env)}
     if options.json:
         click.echo(json.dumps({"event": "status", **report}, default=str))
@@ -134,7 +143,7 @@ def render(plan: Any, options: Any) -> int:
     if not report["runs"]:
         lines.append("  none recorded")
     for r in report["runs"]:
-        flag = f"  INCOMPLETE (stopped during {r['last_step']})" if r["incomplete"] else ""
+        flag = f"  INCOMPLETE ({_where_it_stopped(r)})" if r["incomplete"] else ""
         dur = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "-"
         revs = "; ".join(f"{h} {v['start_revision']}->{v['end_revision']}" for h, v in r["hosts"].items())
         lines.append(f"  {r['run_id']}  {r['playbook']:<9} {str(r['status']):<12} exit {r['exit_code']}  "

@@ -15,6 +15,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from runbook import runner
+
 from tests.fixtures.project import Project
 
 LOCK_SQL = ("SELECT a.pid, a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
@@ -137,7 +139,7 @@ def test_killed_run_is_reported_and_the_next_run_migrates(project: Project) -> N
     assert killed_id in status.stdout + status.stderr
 
     # A run refused in between (another control host holds the run lock) does not hide the killed one.
-    _, conns = _fake_run(project, "ci-runner-7", 4242)
+    _, conns = _fake_run(project, "0ddba11c", 4242)
     try:
         assert project.run("prod", "migrate").returncode == 4
     finally:
@@ -165,10 +167,10 @@ def test_killed_run_is_reported_and_the_next_run_migrates(project: Project) -> N
     assert project.db.alembic_version() == {"0003"}
 
 
-def _fake_run(project: Project, host: str, pid: int) -> tuple[str, list[psycopg.Connection[Any]]]:
+def _fake_run(project: Project, machine: str, pid: int, start: int = 0) -> tuple[str, list[psycopg.Connection[Any]]]:
     """What a runner cut off from the database leaves: its lock session and an open migration."""
     run_id = "20260101T000000Z-" + uuid.uuid4().hex[:6]
-    lock = project.db.connect(autocommit=True, application_name=f"runbook:lock {run_id} {host}:{pid}")
+    lock = project.db.connect(autocommit=True, application_name=f"runbook:lock {run_id} {machine[:8]}:{pid}:{start}")
     lock.execute("SELECT pg_advisory_lock(x'72756E62'::int, 1)")
     migration = project.db.connect(application_name=f"runbook:upgrade {run_id}")
     migration.execute("LOCK TABLE collections IN ACCESS EXCLUSIVE MODE")
@@ -185,12 +187,13 @@ def test_run_lock_of_a_dead_runner_on_this_host_is_taken_over(project: Project) 
     """A run lock whose runner is dead on this control host (sessions left open, as after a cut link) is taken over: its sessions end, the run migrates."""
     project.upgrade_to("0001")
     dead = _dead_pid()
-    run_id, conns = _fake_run(project, socket.gethostname(), dead)
+    run_id, conns = _fake_run(project, runner.machine_id(), dead)
     journal = project.dir / ".runbook" / "runs" / f"{run_id}.json"
     journal.parent.mkdir(parents=True, exist_ok=True)
     journal.write_text(json.dumps({
         "run_id": run_id, "env": "prod", "playbook": "migrate", "status": "running", "exit_code": None,
         "started": "2026-01-01T00:00:00.000+00:00", "pid": dead, "control_host": socket.gethostname(),
+        "machine_id": runner.machine_id(), "boot_id": runner.boot_id(), "pid_start": 12345,
         "steps": [{"host": "db1", "step": "upgrade", "phase": "run", "outcome": "running"}], "hosts": {}}))
     try:
         result = project.run("prod", "migrate")
@@ -209,13 +212,31 @@ def test_run_lock_of_a_dead_runner_on_this_host_is_taken_over(project: Project) 
     assert any(e["event"] == "previous_run_incomplete" and e["previous_run"] == run_id for e in events)
 
 
-@pytest.mark.parametrize("where", ["another host", "a live process"])
+def test_run_lock_of_a_reused_pid_is_taken_over(project: Project) -> None:
+    """A holder whose pid now belongs to another process (same machine, other start time) is dead: taken over."""
+    project.upgrade_to("0001")
+    run_id, conns = _fake_run(project, runner.machine_id(), os.getpid(), (runner.start_time(os.getpid()) or 0) + 7)
+    conns[1].rollback()
+    try:
+        result = project.run("prod", "migrate")
+    finally:
+        for conn in conns:
+            conn.close()
+    assert result.returncode == 0, result.stdout + result.stderr
+    taken, = [e for e in project.events() if e["event"] == "stale_run_lock_taken_over"]
+    assert taken["previous_run"] == run_id
+
+
+@pytest.mark.parametrize("where", ["another host", "a live process", "same host name, another machine"])
 def test_run_lock_of_a_runner_not_known_dead_is_respected(project: Project, where: str) -> None:
-    """A run lock held for a runner on another control host, or one still running, is a refusal (exit 4): nothing is terminated."""
+    """A run lock held for a runner on another control machine, or one still running, is a refusal (exit 4): nothing is terminated."""
     project.upgrade_to("0001")
     before = project.state()
-    host, pid = ("ci-runner-7", 4242) if where == "another host" else (socket.gethostname(), os.getpid())
-    run_id, conns = _fake_run(project, host, pid)
+    machine, pid, start = {"another host": ("0ddba11c", 4242, 1),
+                           "a live process": (runner.machine_id(), os.getpid(), runner.start_time(os.getpid())),
+                           # the dead pid of a clone of this machine: hostname and pid alone would misjudge it
+                           "same host name, another machine": ("c10ec10e", _dead_pid(), 1)}[where]
+    run_id, conns = _fake_run(project, machine, pid, start or 0)
     conns[1].rollback()  # only the lock stays: the state must be readable for the comparison
     try:
         result = project.run("prod", "migrate")
@@ -225,5 +246,5 @@ def test_run_lock_of_a_runner_not_known_dead_is_respected(project: Project, wher
         for conn in conns:
             conn.close()
     assert result.returncode == 4, result.stdout + result.stderr
-    assert f"{run_id} {host}:{pid}" in result.stderr
+    assert f"{run_id} on machine {machine[:8]}:{pid} " in result.stderr
     assert project.state() == before and len(project.backups()) == 0

@@ -100,7 +100,7 @@ def test_status_flags_a_run_killed_mid_migration(project: Project) -> None:
 
     text = _status_text(project)
     run = next(ln for ln in text.splitlines() if " migrate " in ln)
-    assert "running" in run and "INCOMPLETE (stopped during upgrade)" in run
+    assert "running" in run and "INCOMPLETE (its runner died during upgrade)" in run
     assert "at 0002 (head 0003)" in text and "pending: 0003 a slow data migration" in text
 
     report = _status_json(project)

@@ -18,7 +18,7 @@ from ..errors import BackupError, CommandFailed, CommandTimedOut
 from ..migrations import fmt
 from ..postgres import pg_dump_cmd, pg_restore_list_cmd
 from ..transports.base import quote
-from .hostcmd import backup_dir, cleanup_trap, pg_env
+from ..hostcmd import backup_dir, cleanup_trap, pg_env
 
 
 def take(ctx: Context, label: str = "") -> Backup:

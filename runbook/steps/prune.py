@@ -12,7 +12,7 @@ from .. import journal
 from ..backups import list_backups, to_prune
 from ..context import Context
 from ..transports.base import quote
-from .hostcmd import backup_dir
+from ..hostcmd import backup_dir
 
 
 def run(ctx: Context, params: Any) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from ..retry import LockRetriesExhausted, lock_retries
 from ..transports.base import quote
 from ..units import pg_ms
 from . import backup as backup_step
-from .hostcmd import bin_path, cleanup_trap, pg_env
+from ..hostcmd import bin_path, cleanup_trap, pg_env
 
 SCHEMAS_SQL = """
 SELECT nspname FROM pg_namespace

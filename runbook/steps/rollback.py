@@ -23,7 +23,7 @@ from ..migrations import fmt
 from ..playbook import DowngradeParams
 from . import backup as backup_step
 from . import migrate, restore
-from .hostcmd import backup_dir
+from ..hostcmd import backup_dir
 
 
 def choose_target(ctx: Any, current: tuple[str, ...]) -> tuple[str, str]:
@@ -101,12 +101,16 @@ def confirm(ctx: Context, plan: list[str]) -> None:
         return
     if not sys.stdin.isatty():
         raise ConfigError("rollback needs --yes when there is no terminal to confirm on")
-    if ctx.env.protected:
-        typed = click.prompt(f"Environment '{ctx.env.name}' is protected. Type its name to go ahead",
-                             default="", show_default=False, err=True)
-        if typed.strip() != ctx.env.name:
-            raise ConfigError("rollback not confirmed: nothing was done")
-    elif not click.confirm("Go ahead?", default=False, err=True):
+    try:
+        if ctx.env.protected:
+            typed = click.prompt(f"Environment '{ctx.env.name}' is protected. Type its name to go ahead",
+                                 default="", show_default=False, err=True)
+            agreed = typed.strip() == ctx.env.name
+        else:
+            agreed = click.confirm("Go ahead?", default=False, err=True)
+    except click.Abort:  # Ctrl-C (or end of input) at the prompt: the same as answering no
+        agreed = False
+    if not agreed:
         raise ConfigError("rollback not confirmed: nothing was done")
 
 

@@ -8,6 +8,7 @@ as the host sees it. Local and SSH transports implement it; steps only ever see 
 from __future__ import annotations
 
 import abc
+import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -51,11 +52,15 @@ class Transport(abc.ABC):
     """Run commands and move files on one host."""
 
     name: str = "transport"
+    # Marks every command this transport starts (see job_script): the engine sets the run id, so
+    # a reconnect or the next run can find and stop what a lost connection left running.
+    tag: str = "-"
 
     @abc.abstractmethod
     def run(self, command: str, *, env: Mapping[str, str] | None = None,
-            timeout: float | None = None, check: bool = True) -> Result:
-        """Run ``command`` through a POSIX shell on the host.
+            timeout: float | None = None, check: bool = True, tag: str | None = None) -> Result:
+        """Run ``command`` through a POSIX shell on the host, as a job (``job_script``) that dies
+        when this call gives up on it, is interrupted, or this process dies.
 
         ``env`` values must never be secrets: they may show on the remote command line.
         Raises CommandFailed (check=True and non-zero exit), CommandTimedOut, ConnectionLost.
@@ -86,6 +91,17 @@ class Transport(abc.ABC):
     def home(self) -> str:
         """The login user's home directory on the host (for expanding ``~``)."""
 
+    def kill_jobs(self, tag: str) -> int:
+        """Stop every command still running on the host under ``tag`` (a run id); returns how many
+        processes were signalled. For what a cut link (not a closed one) left behind."""
+        if not re.fullmatch(r"[\w.:-]+", tag):
+            return 0
+        # "runbook-jo[b] TAG" matches the jobs' command lines, never this command's own.
+        pattern = f"{JOB_MARK[:-1]}[{JOB_MARK[-1]}] {tag}( |$)"
+        result = self.run(f"pkill -TERM -f -- {shlex.quote(pattern)} && echo killed", check=False,
+                          timeout=30, tag="reaper")
+        return 1 if "killed" in result.stdout else 0
+
     def __enter__(self) -> "Transport":
         return self
 
@@ -96,3 +112,38 @@ class Transport(abc.ABC):
 def quote(*parts: str) -> str:
     """Join arguments into one shell-safe command line."""
     return " ".join(shlex.quote(p) for p in parts)
+
+
+JOB_MARK = "runbook-job"
+# After the first signal, how long a stopped command gets before it is killed.
+KILL_AFTER = 5
+
+
+def job_script(command: str, *, timeout: float | None, tag: str) -> str:
+    """A POSIX-shell script that runs ``command`` so that nothing of it outlives its caller.
+
+    The command runs under coreutils ``timeout`` (its own process group: a signal to ``timeout``
+    reaches the whole pipeline, ``pg_dump | ...`` included, and a timeout stops it on the host too).
+    A watchdog reads the script's stdin, which the caller holds open and never writes: when the
+    caller closes it (gives up, is interrupted) or dies (SIGKILL, closed laptop: the kernel or sshd
+    closes it), the watchdog gets EOF and sends TERM to the group, KILL ``KILL_AFTER`` s later.
+    The command's ``$0`` is ``runbook-job <tag>`` so ``Transport.kill_jobs`` can find it after a cut
+    link, which neither end notices at once. The script's own shell stays the parent (never
+    ``exec``), so a command killed by a signal reports 128+N.
+    """
+    seconds = "0" if timeout is None else (f"{timeout:.3f}".rstrip("0").rstrip(".") or "0.001")
+    inner = f"/bin/sh -c {shlex.quote(command)} {shlex.quote(f'{JOB_MARK} {tag}')}"
+    return (
+        "exec 3<&0 </dev/null; "
+        f"if command -v timeout >/dev/null 2>&1; then timeout -k {KILL_AFTER} {seconds} {inner} & "
+        f"else {inner} & fi; p=$!; "
+        "{ cat <&3 >/dev/null 2>&1; kill -TERM $p 2>/dev/null; } >/dev/null 2>&1 & w=$!; "
+        "exec 3<&-; wait $p; rc=$?; kill $w 2>/dev/null; exit $rc"
+    )
+
+
+def stopped_by_timeout(result: Result, timeout: float | None, started: float) -> bool:
+    """Whether the host's ``timeout`` stopped the job (exit 124 once the time was up)."""
+    import time
+
+    return timeout is not None and result.exited == 124 and time.monotonic() - started >= timeout

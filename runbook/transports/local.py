@@ -1,8 +1,9 @@
 """The transport for a database on this machine: commands through ``/bin/sh -c`` and plain files.
 
 It is what an inventory host without an ``ssh`` block gets, and what ``runbook local`` uses. Each
-command runs in its own process group so a timeout can stop the whole pipeline (``pg_dump | ...``),
-not just the shell; files are created with their final mode before any data is written.
+command runs as a job (``base.job_script``): its own process group, stopped as a whole on a timeout,
+an interrupt or this process's death; files are created with their final mode before any data is
+written. Commands never inherit the variables that hold the inventory's passwords.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from typing import Mapping
 
 from runbook.errors import CommandFailed, CommandTimedOut, TransportError
-from runbook.transports.base import Result, Transport, Tunnel
+from runbook.transports.base import KILL_AFTER, Result, Transport, Tunnel, job_script, stopped_by_timeout
 
 # After SIGTERM, how long a timed-out command gets to exit (pg_dump removes its partial output).
 KILL_GRACE = 2.0
@@ -32,37 +34,56 @@ def failure_message(name: str, result: Result) -> str:
 class LocalTransport(Transport):
     """Run commands and move files on this machine."""
 
-    def __init__(self, *, name: str = "local") -> None:
+    def __init__(self, *, name: str = "local", hidden_env: frozenset[str] = frozenset()) -> None:
         self.name = name
+        # Variables that hold secrets (the inventory's password_env): never inherited by commands.
+        self.hidden_env = hidden_env
 
     def run(self, command: str, *, env: Mapping[str, str] | None = None,
-            timeout: float | None = None, check: bool = True) -> Result:
-        full_env = {**os.environ, **env} if env else None
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env=full_env, start_new_session=True,
-        )
+            timeout: float | None = None, check: bool = True, tag: str | None = None) -> Result:
+        full_env = {k: v for k, v in os.environ.items() if k not in self.hidden_env}
+        full_env.update(env or {})
+        # The job's stdin is a pipe whose write end only this process holds (not inheritable): it
+        # closes when we give up on the command or die, and the job's watchdog then stops it.
+        keep_r, keep_w = os.pipe()
         try:
-            out, err = proc.communicate(timeout=timeout)
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", job_script(command, timeout=timeout, tag=tag or self.tag)],
+                stdin=keep_r, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env,
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(keep_w)
+            raise
+        finally:
+            os.close(keep_r)
+        started = time.monotonic()
+        try:
+            out, err = proc.communicate(timeout=None if timeout is None else timeout + KILL_GRACE)
         except subprocess.TimeoutExpired:
-            self._stop(proc)
+            self._stop(proc, keep_w)
             raise CommandTimedOut(f"{self.name}: command timed out after {timeout:g}s: {command}") from None
         except BaseException:
-            self._stop(proc)  # KeyboardInterrupt: never leave a pg_dump behind
+            self._stop(proc, keep_w)  # interrupted: never leave a pg_dump behind
             raise
+        os.close(keep_w)
         result = Result(command=command, exited=proc.returncode, stdout=_decode(out), stderr=_decode(err))
+        if stopped_by_timeout(result, timeout, started):
+            raise CommandTimedOut(f"{self.name}: command timed out after {timeout:g}s: {command}")
         if check and not result.ok:
             raise CommandFailed(failure_message(self.name, result), result=result)
         return result
 
     @staticmethod
-    def _stop(proc: subprocess.Popen[bytes]) -> None:
-        """Terminate the command's whole process group, then kill it if it lingers."""
-        for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, KILL_GRACE)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
+    def _stop(proc: subprocess.Popen[bytes], keep_w: int) -> None:
+        """Close the job's stdin (its watchdog stops the command's process group), then make sure."""
+        os.close(keep_w)
+        for sig, wait in ((None, KILL_GRACE + KILL_AFTER), (signal.SIGKILL, KILL_GRACE)):
+            if sig is not None:
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    pass
             try:
                 # A grandchild that left the group may hold the pipes open: bound the wait.
                 proc.communicate(timeout=wait)

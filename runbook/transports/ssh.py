@@ -3,8 +3,9 @@
 Host keys are always checked against the inventory's ``known_hosts`` file alone (never
 ``~/.ssh/known_hosts``, never ``~/.ssh/config``, never Fabric's accept-anything default): an unknown
 or changed key is refused before authentication, so nothing runs on a host we cannot vouch for.
-Commands run through Fabric with a remote ``timeout`` wrapper, so a command we gave up on is also
-stopped on the host instead of holding its locks; files move over SFTP, created with their final
+Commands run on a session channel of that connection as jobs (``base.job_script``): a command we
+give up on, are interrupted during, or leave behind by dying is stopped on the host instead of
+holding its locks; files move over SFTP, created with their final
 mode before any data is written; tunnels are ``direct-tcpip`` channels behind a local listener.
 """
 
@@ -21,17 +22,20 @@ import time
 from typing import Any, Mapping
 
 import fabric
-from invoke.exceptions import CommandTimedOut as InvokeTimedOut, ThreadException
 import paramiko
 
 from runbook.errors import (CommandFailed, CommandTimedOut, ConnectError, ConnectionLost,
                             HostKeyError, TransportError)
-from runbook.transports.base import Result, Transport, Tunnel
+from runbook.transports.base import Result, Transport, Tunnel, job_script, stopped_by_timeout
 from runbook.transports.local import failure_message
 
 # How long the host's `timeout` gets to stop a timed-out command before we stop waiting for it.
 TIMEOUT_GRACE = 2.0
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+class _Deadline(Exception):
+    """The local deadline of a command passed (the host's own ``timeout`` should have fired)."""
 
 
 class _UnknownHostKey(paramiko.SSHException):  # type: ignore[misc]  # paramiko is untyped
@@ -188,23 +192,35 @@ class SSHTransport(Transport):
     # -- commands ---------------------------------------------------------------------------
 
     def run(self, command: str, *, env: Mapping[str, str] | None = None,
-            timeout: float | None = None, check: bool = True) -> Result:
-        conn = self._connection()
-        wrapped = self._wrap(command, timeout)
+            timeout: float | None = None, check: bool = True, tag: str | None = None) -> Result:
+        transport = self._transport()
+        script = job_script(command, timeout=timeout, tag=tag or self.tag)
+        if env:
+            script = f"export {self._env(env)}; {script}"
         started = time.monotonic()
+        deadline = None if timeout is None else started + timeout + TIMEOUT_GRACE
         try:
-            r = conn.run(wrapped, hide=True, warn=True, pty=False, in_stream=False, encoding="utf-8",
-                         env=self._env(env), timeout=None if timeout is None else timeout + TIMEOUT_GRACE)
-        except InvokeTimedOut as exc:
-            raise CommandTimedOut(f"{self.name}: command timed out after {timeout:g}s: {command}") from exc
-        except (ThreadException, paramiko.SSHException, EOFError, OSError) as exc:
+            channel = transport.open_session(timeout=self.connect_timeout)
+            channel.exec_command(script)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
             raise ConnectionLost(f"{self.name}: the SSH connection to {self.where} failed while running "
                                  f"{command}: {exc}") from exc
-        result = Result(command=command, exited=r.exited, stdout=r.stdout, stderr=r.stderr)
-        if result.exited == -1 and not (conn.transport and conn.transport.is_active()):
+        try:
+            exited, out, err = self._collect(channel, transport, deadline)
+        except _Deadline:
+            raise CommandTimedOut(f"{self.name}: command timed out after {timeout:g}s: {command}") from None
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise ConnectionLost(f"{self.name}: the SSH connection to {self.where} failed while running "
+                                 f"{command}: {exc}") from exc
+        finally:
+            # Closing the channel closes the job's stdin on the host: its watchdog stops whatever
+            # still runs (an interrupt, a timeout, an error here), so nothing outlives this call.
+            channel.close()
+        if exited is None:
             raise ConnectionLost(f"{self.name}: the SSH connection to {self.where} was lost while running "
                                  f"{command} (no exit status)")
-        if timeout is not None and result.exited == 124 and time.monotonic() - started >= timeout:
+        result = Result(command=command, exited=exited, stdout=out, stderr=err)
+        if stopped_by_timeout(result, timeout, started):
             raise CommandTimedOut(f"{self.name}: command timed out after {timeout:g}s (stopped on the host): "
                                   f"{command}")
         if check and not result.ok:
@@ -212,30 +228,41 @@ class SSHTransport(Transport):
         return result
 
     @staticmethod
-    def _wrap(command: str, timeout: float | None) -> str:
-        """A POSIX-shell command line that, given a timeout, also stops the command on the host.
+    def _collect(channel: paramiko.Channel, transport: paramiko.Transport,
+                 deadline: float | None) -> tuple[int | None, str, str]:
+        """Read a command's output until its exit status; None if the connection died first."""
+        out, err = bytearray(), bytearray()
 
-        Closing the channel (what Fabric does on timeout) leaves a non-PTY command running, and a
-        forgotten pg_dump keeps its locks: coreutils ``timeout`` kills its whole process group. The
-        login shell stays the parent (never ``exec``), so a command killed by a signal reports
-        128+N: Paramiko ignores SSH's exit-signal and would report -1, like a lost connection.
-        """
-        shell = f"/bin/sh -c {shlex.quote(command)}"
-        if timeout is None:
-            return f"{shell}; exit $?"
-        seconds = f"{timeout:.3f}".rstrip("0").rstrip(".")  # never an exponent, as :g could give
-        return (f"if command -v timeout >/dev/null 2>&1; then timeout -k 5 {seconds} {shell}; "
-                f"else {shell}; fi")
+        def drain() -> None:
+            while channel.recv_ready():
+                out.extend(channel.recv(65536))
+            while channel.recv_stderr_ready():
+                err.extend(channel.recv_stderr(65536))
+
+        while True:
+            drain()
+            if channel.exit_status_ready() and (channel.eof_received or channel.closed):
+                drain()
+                break
+            if channel.closed or not transport.is_active():
+                drain()
+                return None, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+            if deadline is not None and time.monotonic() > deadline:
+                raise _Deadline()
+            if channel.eof_received:  # output done, exit status on its way: nothing to select on
+                channel.status_event.wait(0.2)
+            else:
+                select.select([channel], [], [], 0.5)
+        status = channel.recv_exit_status()  # -1: the channel closed without one (a dead link)
+        exited = None if status == -1 and not transport.is_active() else status
+        return exited, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
     @staticmethod
-    def _env(env: Mapping[str, str] | None) -> dict[str, str] | None:
-        if not env:
-            return None
+    def _env(env: Mapping[str, str]) -> str:
         for key in env:
             if not _ENV_NAME.match(key):
                 raise ValueError(f"not an environment variable name: {key!r}")
-        # Fabric inlines `export K=V && cmd` without quoting: quote the values ourselves.
-        return {key: shlex.quote(value) for key, value in env.items()}
+        return " ".join(f"{key}={shlex.quote(value)}" for key, value in env.items())
 
     @property
     def home(self) -> str:
