@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
@@ -52,8 +52,8 @@ class EmbeddedDatabase:
     port: int
     name: str
     user: str
-    password: str | None
-    created: bool
+    password: str | None = field(repr=False)
+    created: bool = False
 
     @property
     def url(self) -> str:
