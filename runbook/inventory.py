@@ -8,7 +8,7 @@ that the rest of runbook never sees where a password came from and never sees a 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,7 +30,7 @@ class SSHConfig(_Model):
     host: str
     port: int = Field(default=22, ge=1, le=65535)
     user: str | None = None
-    key: str | None = None
+    key: str  # the only key tried (no agent, no ~/.ssh): required, so a missing one is a config error
     known_hosts: str = "~/.ssh/known_hosts"
     connect_timeout: Duration = 10.0
     keepalive: Duration = 15.0
@@ -152,7 +152,7 @@ class Database:
     port: int
     name: str
     user: str
-    password: str | None
+    password: str | None = field(repr=False)  # a secret: never in a repr, a traceback or a log
     password_env: str | None = None
 
 

@@ -40,6 +40,7 @@ def now_iso() -> str:
 
 
 def write_atomic(path: Path, data: str) -> None:
+    """Temp file (mkstemp: 0600 from its creation) + fsync + rename."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -47,7 +48,6 @@ def write_atomic(path: Path, data: str) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -72,7 +72,10 @@ class Journal:
         }
 
     def save(self) -> None:
-        write_atomic(self.path, json.dumps(self.record, indent=2, default=str))
+        """Write the record, redacted like the run log: an error message may quote a secret."""
+        from .log import REDACTOR
+
+        write_atomic(self.path, json.dumps(REDACTOR.scrub(self.record), indent=2, default=str))
 
     def host(self, name: str) -> dict[str, Any]:
         return self.record["hosts"].setdefault(name, {})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -19,22 +20,75 @@ import structlog
 REDACTED = "***"
 _SECRET_KEYS = ("password", "passwd", "secret", "pgpass_content")
 
+# A secret this long is replaced wherever it appears; a shorter one would collide with ordinary text
+# (a one-character password would turn "next" into "ne***t" and garble fingerprints and commands),
+# so it is only replaced where text says it is a secret: a whole value, after a key like
+# ``password=`` / ``password:``, and as the password of a URL (``://user:SECRET@``).
+MIN_ANYWHERE = 8
+_KEYED = r"""(?i:(?:password|passwd|pwd|secret)\w*["']?\s*[=:]\s*["']?)"""
+_URL_USERINFO = r"://[^\s/@:]*:"
+
+
+def _encodings(secret: str) -> str:
+    """A pattern for ``secret`` as written, or with any of its characters percent-encoded (any hex
+    case, as urllib.parse.quote/quote_plus and SQLAlchemy write URLs) or a space as ``+``."""
+    parts = []
+    for ch in secret:
+        alternatives = [re.escape(ch), "(?i:" + re.escape("".join(f"%{b:02X}" for b in ch.encode())) + ")"]
+        if ch == " ":
+            alternatives.append(r"\+")
+        parts.append("(?:" + "|".join(alternatives) + ")")
+    return "".join(parts)
+
 
 class Redactor:
-    """Replace every known secret, wherever it appears in an event, before anything renders it."""
+    """Replace every known secret, wherever it appears in an event, before anything renders it.
+
+    Secrets of ``MIN_ANYWHERE`` characters or more are replaced anywhere in any string (also
+    percent-encoded, and inside bytes and exception text); shorter ones only in secret positions
+    (see ``MIN_ANYWHERE``). Values under keys named like ``password`` are hidden whatever they hold.
+    What it cannot do: recognise a secret it was not given, or a short one outside those positions.
+    """
 
     def __init__(self) -> None:
         self.secrets: set[str] = set()
+        self._built_for: frozenset[str] | None = None
+        self._anywhere: re.Pattern[str] | None = None
+        self._positional: re.Pattern[str] | None = None
+        self._whole: re.Pattern[str] | None = None
 
     def add(self, *secrets: str | None) -> None:
         self.secrets.update(s for s in secrets if s)
 
+    def _build(self) -> None:
+        current = frozenset(self.secrets)
+        if current == self._built_for:
+            return
+        ordered = sorted(current, key=len, reverse=True)  # a secret holding another is replaced whole
+        every = "|".join(_encodings(s) for s in ordered)
+        longs = "|".join(_encodings(s) for s in ordered if len(s) >= MIN_ANYWHERE)
+        self._anywhere = re.compile(longs) if longs else None
+        self._positional = (re.compile(rf"({_KEYED}|{_URL_USERINFO})(?:{every})(?=[\s\"'@,;&)]|$)")
+                            if every else None)
+        self._whole = re.compile(rf"\s*(?:{every})\s*") if every else None
+        self._built_for = current
+
+    def _text(self, value: str) -> str:
+        self._build()
+        if self._whole is not None and self._whole.fullmatch(value):
+            return REDACTED
+        if self._anywhere is not None:
+            value = self._anywhere.sub(REDACTED, value)
+        if self._positional is not None:
+            value = self._positional.sub(lambda m: m.group(1) + REDACTED, value)
+        return value
+
     def scrub(self, value: Any) -> Any:
         if isinstance(value, str):
-            for secret in sorted(self.secrets, key=len, reverse=True):
-                if secret in value:
-                    value = value.replace(secret, REDACTED)
-            return value
+            return self._text(value) if self.secrets else value
+        if isinstance(value, (bytes, bytearray)):
+            text = bytes(value).decode("utf-8", "surrogateescape")
+            return self._text(text).encode("utf-8", "surrogateescape") if self.secrets else value
         if isinstance(value, dict):
             return {k: (REDACTED if any(s in str(k).lower() for s in _SECRET_KEYS) and v
                         else self.scrub(v)) for k, v in value.items()}

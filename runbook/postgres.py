@@ -7,7 +7,7 @@ that run on the host read it from a 0600 PGPASSFILE written for the command and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 from .transports.base import quote
@@ -23,7 +23,7 @@ class Endpoint:
     port: int
     dbname: str
     user: str
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:  # never show the password, even in a traceback
         return f"Endpoint({self.user}@{self.host}:{self.port}/{self.dbname})"
@@ -79,8 +79,21 @@ def pgpass_line(ep_host: str, port: int, dbname: str, user: str, password: str) 
     return f"{esc(ep_host)}:{port}:{esc(dbname)}:{esc(user)}:{esc(password)}\n"
 
 
+def conninfo(host: str, port: int, dbname: str, user: str) -> str:
+    """A libpq connection string (``dbname='...' user='...' host=... port=...``), quoted by libpq's
+    rules, so a name holding ``=``, spaces or quotes stays just a name."""
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(dbname=dbname, user=user, host=host, port=port)
+
+
 def conn_args(host: str, port: int, dbname: str, user: str) -> list[str]:
-    return ["-h", host, "-p", str(port), "-U", user, "-d", dbname, "--no-password"]
+    """Connection arguments of pg_dump and psql: one ``-d`` conninfo, never ``-d NAME -U USER``.
+
+    libpq expands a ``-d`` value containing ``=`` as a connection string, so a database named
+    ``x host=evil`` would send the password to another server; keyword parameters cannot be.
+    """
+    return ["-d", conninfo(host, port, dbname, user), "--no-password"]
 
 
 def pg_dump_cmd(host: str, port: int, dbname: str, user: str, out: str, bin_dir: str | None = None) -> str:

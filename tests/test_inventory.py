@@ -25,9 +25,9 @@ environments:
   tenants:
     hosts:
       - name: tenant-a
-        ssh: {host: db-a.internal, known_hosts: kh}
+        ssh: {host: db-a.internal, known_hosts: kh, key: id}
       - name: tenant-b
-        ssh: {host: db-b.internal, known_hosts: kh}
+        ssh: {host: db-b.internal, known_hosts: kh, key: id}
         database: {port: 5433, name: tenant_b}
     database: {host: localhost, port: 5432, name: rag_memory, user: raguser, password_env: TENANTS_PASSWORD}
 """
@@ -201,8 +201,8 @@ def test_missing_database_key_names_key_and_line(tmp_path: Path) -> None:
 def test_unknown_key_in_the_environment_database_is_located_there(tmp_path: Path) -> None:
     """With both blocks present, a typo in the environment's database block points at that block."""
     text = (TENANTS.replace("password_env: TENANTS_PASSWORD}", "password_env: TENANTS_PASSWORD, prot: 1}")
-            .replace("{host: db-a.internal, known_hosts: kh}\n",
-                     "{host: db-a.internal, known_hosts: kh}\n        database: {port: 5434}\n"))
+            .replace("{host: db-a.internal, known_hosts: kh, key: id}\n",
+                     "{host: db-a.internal, known_hosts: kh, key: id}\n        database: {port: 5434}\n"))
     err = error_of(write(tmp_path, text), "tenants", {"TENANTS_PASSWORD": "pw"})
     assert "unknown key 'prot' in environments.tenants.database" in str(err) and err.line == 10
 
@@ -305,3 +305,19 @@ def test_null_environment_says_a_mapping_is_expected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         inventory.load(write(tmp_path, "environments:\n  prod:\n"))
     assert str(caught.value).endswith(":2: environments.prod: Input should be a valid dictionary")
+
+
+def test_ssh_block_without_key_is_a_located_error(tmp_path: Path) -> None:
+    """An ssh block without 'key' is one line naming the file, the line and the missing key."""
+    path = write(tmp_path, MINIMAL.replace(", key: keys/id_ed25519}", "}"))
+    with pytest.raises(ConfigError) as caught:
+        inventory.load(path)
+    assert caught.value.exit_code == 2 and "\n" not in str(caught.value)
+    assert str(caught.value).startswith(f"{path}:5: ") and "missing key 'key'" in str(caught.value)
+
+
+def test_database_password_is_never_in_a_repr(tmp_path: Path) -> None:
+    """The resolved password is a secret: repr of the environment, host and database never shows it."""
+    env = inventory.load(write(tmp_path, TENANTS)).environment("tenants", environ={"TENANTS_PASSWORD": "hunter2-x"})
+    assert env.hosts[0].database is not None and env.hosts[0].database.password == "hunter2-x"
+    assert "hunter2-x" not in repr(env) + repr(env.hosts) + repr(env.hosts[0].database)

@@ -38,10 +38,7 @@ def local_dir() -> Iterator[Path]:
         yield base
     finally:
         _stop_server(base / ".runbook" / "pg" / "data")
-        shutil.rmtree(base, ignore_errors=True)
-        digest_dir = EmbeddedCluster(base / ".runbook").socket_dir
-        if digest_dir.parent == Path(tempfile.gettempdir()):
-            shutil.rmtree(digest_dir, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)  # the socket directory is pg/run, inside it
 
 
 def runbook(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -61,7 +58,8 @@ def query(folder: Path, sql: str) -> list[tuple[object, ...]]:
     db = cluster.ensure()
     try:
         assert (folder / ".runbook" / "pg" / "port").read_text().strip() == str(db.port)
-        with psycopg.connect(host=db.host, port=db.port, user="raguser", dbname="rag_memory") as conn:
+        with psycopg.connect(host=db.host, port=db.port, user="raguser", dbname="rag_memory",
+                             password=db.password) as conn:
             return conn.execute(sql).fetchall()
     finally:
         cluster.stop()
@@ -104,12 +102,13 @@ def test_local_leaves_a_running_server_running(local_dir: Path) -> None:
     db = cluster.ensure()
     try:
         with psycopg.connect(host=db.host, port=db.port, user="raguser", dbname="rag_memory",
-                             autocommit=True) as conn:
+                             password=db.password, autocommit=True) as conn:
             conn.execute("CREATE TABLE keep_me (id int)")
         result = runbook(local_dir, "migrate", "--to", "0001")
         assert result.returncode == 0, result.stderr
         assert running(local_dir), "a server runbook did not start is not stopped"
-        with psycopg.connect(host=db.host, port=db.port, user="raguser", dbname="rag_memory") as conn:
+        with psycopg.connect(host=db.host, port=db.port, user="raguser", dbname="rag_memory",
+                             password=db.password) as conn:
             assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
             assert conn.execute("SELECT to_regclass('keep_me')::text").fetchone() == ("keep_me",)
     finally:

@@ -78,9 +78,9 @@ def test_keys_named_password_are_redacted_whatever_their_value() -> None:
 def test_longer_secrets_are_replaced_first() -> None:
     """When one secret contains another, the longer one is replaced whole."""
     r = Redactor()
-    r.add("abc", "abcdef", None, "")
-    assert r.scrub("x abcdef y abc") == f"x {REDACTED} y {REDACTED}"
-    assert r.secrets == {"abc", "abcdef"}
+    r.add("abcdefgh", "abcdefghijkl", None, "")
+    assert r.scrub("x abcdefghijkl y abcdefgh") == f"x {REDACTED} y {REDACTED}"
+    assert r.secrets == {"abcdefgh", "abcdefghijkl"}
 
 
 def test_capture_logs_sees_redacted_events(redactor: Redactor) -> None:
@@ -180,3 +180,30 @@ def test_quiet_drops_console_output(tmp_path: Path, capsys: pytest.CaptureFixtur
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
     assert json.loads(path.read_text())["pids"] == [1, 2]
+
+
+def test_percent_encoded_and_bytes_forms_are_redacted() -> None:
+    """A long secret is caught percent-encoded (quote, quote_plus, lower-case hex), in bytes and in exceptions."""
+    import re
+    from urllib.parse import quote, quote_plus
+
+    r = Redactor()
+    r.add(SECRET)
+    lower_hex = re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), quote(SECRET, safe=""))
+    for form in (quote(SECRET), quote(SECRET, safe=""), quote_plus(SECRET), lower_hex):
+        assert r.scrub(f"postgresql://raguser:{form}@db/x") == f"postgresql://raguser:{REDACTED}@db/x"
+    assert r.scrub(f"out {SECRET} end".encode()) == f"out {REDACTED} end".encode()
+    assert r.scrub(ValueError(f"bad {SECRET}")) == f"ValueError: bad {REDACTED}"
+
+
+def test_short_secret_is_redacted_only_in_secret_positions() -> None:
+    """A one-character password never garbles ordinary words, fingerprints or commands, yet is hidden where it is a secret."""
+    r = Redactor()
+    r.add("x")
+    text = "next: ssh-keygen -R '[127.0.0.1]:2222' (SHA256:x+x/xXx) exit"
+    assert r.scrub(text) == text
+    assert r.scrub("x") == REDACTED
+    assert r.scrub("connect password=x user=raguser") == f"connect password={REDACTED} user=raguser"
+    assert r.scrub("PGPASSWORD: 'x'") == f"PGPASSWORD: '{REDACTED}'"
+    assert r.scrub("postgresql://raguser:x@db/rag") == f"postgresql://raguser:{REDACTED}@db/rag"
+    assert r.scrub({"msg": "x", "other": "xx"}) == {"msg": REDACTED, "other": "xx"}

@@ -80,10 +80,22 @@ def _first_line(exc: BaseException | None) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def invalid_indexes(ctx: Context) -> set[str]:
+def invalid_indexes(ctx: Context) -> set[tuple[str, str]]:
+    """(schema, index) of every INVALID index: pairs, as a schema name may hold a dot."""
     with ctx.connect("indexes") as conn, conn.cursor() as cur:
         cur.execute(INVALID_INDEXES_SQL)
-        return {f"{n}.{c}" for n, c in cur.fetchall()}
+        return {(n, c) for n, c in cur.fetchall()}
+
+
+def _recorded(value: Any) -> tuple[str, str] | None:
+    """A journal entry of ``invalid_indexes_before``: a [schema, index] pair (an older journal's
+    "schema.index" string is split at its first dot, as that runbook wrote it)."""
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return str(value[0]), str(value[1])
+    if isinstance(value, str) and "." in value:
+        schema, index = value.split(".", 1)
+        return schema, index
+    return None
 
 
 def upgrade(ctx: Context, params: Any) -> dict[str, Any]:
@@ -97,7 +109,7 @@ def upgrade(ctx: Context, params: Any) -> dict[str, Any]:
         facts["applied"] = []
         return facts
     ctx.facts["changed"] = True
-    ctx.journal.host(ctx.host.name)["invalid_indexes_before"] = sorted(invalid_indexes(ctx))
+    ctx.journal.host(ctx.host.name)["invalid_indexes_before"] = [list(p) for p in sorted(invalid_indexes(ctx))]
     applied = _apply(ctx, "upgrade", fmt(want), target, pending)
     after = ctx.current()
     if set(after) != set(want):
@@ -149,27 +161,30 @@ def downgrade(ctx: Context, params: Any) -> dict[str, Any]:
     return facts
 
 
-def drop_new_invalid_indexes(ctx: Context, *, retry: bool = True) -> list[str]:
+def drop_new_invalid_indexes(ctx: Context, *, retry: bool = True) -> list[list[str]]:
     """Drop INVALID indexes (a failed CREATE INDEX CONCURRENTLY) that this run left behind.
 
     DROP INDEX CONCURRENTLY blocks no application query but waits for older transactions, so it
     runs under the concurrent-index policy (``locks.concurrently_timeout``); with ``retry`` its lock
     timeouts are retried within ``max_wait``, without, they go to the caller's own retry loop.
     """
+    from psycopg import sql
+
     from ..units import pg_ms
 
     record = ctx.journal.host(ctx.host.name)
     if "invalid_indexes_before" not in record:
         return []
-    before = set(record.get("invalid_indexes_before") or [])
+    before = {p for p in map(_recorded, record.get("invalid_indexes_before") or []) if p}
     dropped = []
-    for name in sorted(invalid_indexes(ctx) - before):
-        schema, index = name.split(".", 1)
+    for schema, index in sorted(invalid_indexes(ctx) - before):
+        name = [schema, index]
+        statement = sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(schema, index))
 
         def once(timeout: float, n: int) -> None:
             with ctx.connect("drop_index", settings={"lock_timeout": pg_ms(timeout),
                                                      "statement_timeout": "0"}) as conn:
-                conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{schema}"."{index}"')
+                conn.execute(statement)
 
         if not retry:
             once(ctx.locks.concurrently_timeout, 1)
@@ -180,7 +195,7 @@ def drop_new_invalid_indexes(ctx: Context, *, retry: bool = True) -> list[str]:
                                  "lock_timeout_retry", direction="drop_invalid_index", index=name,
                                  attempt=n, sleep_s=round(pause, 2)))
             except LockRetriesExhausted as exc:
-                raise MigrationError(f"INVALID index {name} left by a failed concurrent build could not be "
+                raise MigrationError(f"INVALID index {schema!r}.{index!r} left by a failed concurrent build could not be "
                                      f"dropped within max_wait {ctx.locks.max_wait:g}s: older transactions "
                                      "still run", step="downgrade", host=ctx.host.name) from exc.last
         ctx.log.warning("invalid_index_dropped", index=name)

@@ -26,8 +26,11 @@ from ..units import pg_ms
 from . import backup as backup_step
 from ..hostcmd import bin_path, cleanup_trap, pg_env
 
+# Quoted by the server (format %I): a schema name is the database's content, never trusted. A
+# quoted identifier is safe in a psql script whatever it holds (newlines and backslashes included):
+# psql reads no meta-command and substitutes no variable inside double quotes.
 SCHEMAS_SQL = """
-SELECT nspname FROM pg_namespace
+SELECT format(E'DROP SCHEMA IF EXISTS %I CASCADE;\n', nspname) FROM pg_namespace
 WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'
 ORDER BY 1
 """
@@ -92,10 +95,9 @@ def restore(ctx: Context, backup: Backup) -> Backup:
     ctx.log.info("current_state_saved", **saved.fact())
     with ctx.connect("restore") as conn, conn.cursor() as cur:
         cur.execute(SCHEMAS_SQL)
-        schemas = [r[0] for r in cur.fetchall()]
+        drops = "".join(r[0] for r in cur.fetchall())
         cur.execute(PUBLIC_SCHEMA_SQL)
         public = "".join(r[0] for r in cur.fetchall())
-    drops = "".join(f'DROP SCHEMA IF EXISTS "{s}" CASCADE;\n' for s in schemas)
     prelude = f"SET client_min_messages = warning;\n{drops}CREATE SCHEMA public;\n{public}"
     fail = "DO $$ BEGIN RAISE EXCEPTION 'pg_restore failed: restore abandoned'; END $$;"
     script = (

@@ -26,6 +26,7 @@ import paramiko
 
 from runbook.errors import (CommandFailed, CommandTimedOut, ConnectError, ConnectionLost,
                             HostKeyError, TransportError)
+from runbook.transports import known_hosts
 from runbook.transports.base import Result, Transport, Tunnel, job_script, stopped_by_timeout
 from runbook.transports.local import failure_message
 
@@ -108,14 +109,13 @@ class SSHTransport(Transport):
         )
         client = conn.client
         client.set_missing_host_key_policy(_RejectUnknown())  # replaces Fabric's AutoAddPolicy
-        try:
-            client.load_host_keys(self.known_hosts_path)
-        except OSError as exc:
-            raise HostKeyError(f"cannot read known_hosts file {self.known_hosts_path}: "
-                               f"{exc.strerror or exc}") from exc
+        known = self._known_host()
+        accepted = client.get_host_keys()
+        for key in known.accepted:
+            accepted.add(known.name, key.get_name(), key)
         sock = conn.connect_kwargs["sock"] = self._socket()
         try:
-            self._login(conn)
+            self._login(conn, known)
         except BaseException:
             # Fabric's close() skips a half-open client: close what paramiko and we opened.
             conn.client.close()
@@ -127,16 +127,50 @@ class SSHTransport(Transport):
             transport.set_keepalive(self.keepalive)
         return conn
 
-    def _login(self, conn: fabric.Connection) -> None:
+    def _known_host(self) -> known_hosts.KnownHost:
+        """The inventory's known_hosts for this host; host certificates are refused in one line."""
+        try:
+            known = known_hosts.load(self.known_hosts_path, self.host, self.port)
+        except OSError as exc:
+            raise HostKeyError(f"cannot read known_hosts file {self.known_hosts_path}: "
+                               f"{exc.strerror or exc}") from exc
+        if known.cert_authority_lines and not known.accepted:
+            line = known.cert_authority_lines[0]
+            raise HostKeyError(
+                f"{self.known_hosts_path}:{line}: @cert-authority (host certificates) is not supported "
+                f"by runbook, and no plain host key is listed for {known.name}; refusing to connect",
+                hint=f"check the host key out of band, then: ssh-keyscan -p {self.port} {self.host} "
+                     f">> {self.known_hosts_path}")
+        return known
+
+    def _revoked(self, known: known_hosts.KnownHost, key: paramiko.PKey) -> HostKeyError | None:
+        line = known.revoked_line(key)
+        if line is None:
+            return None
+        return HostKeyError(
+            f"host key of {self.host}:{self.port} ({key.get_name()} {key.fingerprint}) is marked "
+            f"@revoked in {self.known_hosts_path}:{line}; refusing to connect")
+
+    def _login(self, conn: fabric.Connection, known: known_hosts.KnownHost) -> None:
         try:
             conn.open()
         except _UnknownHostKey as exc:
+            revoked = self._revoked(known, exc.key)
+            if revoked is not None:
+                raise revoked from exc
+            if known.accepted:  # other types are known: not "unknown", a type we cannot check
+                raise self._other_type(known, exc.key) from exc
             raise HostKeyError(
                 f"host key of {self.host}:{self.port} not found in {self.known_hosts_path} "
                 f"(the server offers {exc.key.get_name()} {exc.key.fingerprint}); refusing to connect",
                 hint=f"check that fingerprint out of band, then: ssh-keyscan -p {self.port} "
                      f"-t {exc.key.get_name()} {self.host} >> {self.known_hosts_path}") from exc
         except paramiko.BadHostKeyException as exc:
+            revoked = self._revoked(known, exc.key)
+            if revoked is not None:
+                raise revoked from exc
+            if exc.key.get_name() not in known.types:
+                raise self._other_type(known, exc.key) from exc
             raise HostKeyError(
                 f"host key of {self.host}:{self.port} CHANGED: the server offers {exc.key.get_name()} "
                 f"{exc.key.fingerprint}, {self.known_hosts_path} expects {exc.expected_key.get_name()} "
@@ -153,6 +187,16 @@ class SSHTransport(Transport):
             else:
                 reason = str(exc) or type(exc).__name__
             raise ConnectError(f"cannot connect to {self.where}: {reason}") from exc
+
+    def _other_type(self, known: known_hosts.KnownHost, key: paramiko.PKey) -> HostKeyError:
+        """The server offers only a key type known_hosts does not list for it: not a changed key."""
+        kind = key.get_name().removeprefix("ssh-")
+        return HostKeyError(
+            f"no {kind} key known for {known.name} in {self.known_hosts_path}; known: "
+            f"{', '.join(known.types)} (the server offers {key.get_name()} {key.fingerprint}); "
+            "refusing to connect",
+            hint=f"check that fingerprint out of band, then: ssh-keyscan -p {self.port} "
+                 f"-t {key.get_name()} {self.host} >> {self.known_hosts_path}")
 
     def _known_hosts_name(self) -> str:
         return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
@@ -293,8 +337,8 @@ class SSHTransport(Transport):
     def put_bytes(self, data: bytes, path: str, *, mode: int = 0o600) -> None:
         sftp = self._sftp_client()
         try:
-            with sftp.open(path, "wb") as f:
-                # Narrow the (empty, truncated) file before any data reaches it.
+            with _open_with_mode(sftp, path, mode) as f:
+                # A file that existed keeps its old mode through O_TRUNC: narrow it before any data.
                 f.chmod(mode)
                 f.set_pipelined(True)
                 f.write(data)
@@ -362,6 +406,20 @@ class SSHTransport(Transport):
 
     def __repr__(self) -> str:
         return f"SSHTransport({self.where!r}, known_hosts={self.known_hosts_path!r})"
+
+
+def _open_with_mode(sftp: paramiko.SFTPClient, path: str, mode: int) -> paramiko.SFTPFile:
+    """``sftp.open(path, "wb")`` with ``mode`` in the SSH_FXP_OPEN attributes, so the server creates
+    the file with it (open(2)'s mode argument): a new file never exists with another mode, not even
+    for the round trip a chmod after the open would take. Paramiko's ``open`` sends no attributes."""
+    from paramiko.sftp import CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, SFTP_FLAG_TRUNC, SFTP_FLAG_WRITE
+
+    attrs = paramiko.SFTPAttributes()
+    attrs.st_mode = mode
+    kind, msg = sftp._request(CMD_OPEN, path, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC, attrs)
+    if kind != CMD_HANDLE:
+        raise paramiko.SFTPError("Expected handle")
+    return paramiko.SFTPFile(sftp, msg.get_binary(), "wb")
 
 
 class _Forward:
