@@ -214,11 +214,13 @@ def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
                 status = "interrupted" if isinstance(exc, interrupts.Interrupted) else status_of_error(code)
                 if isinstance(exc, interrupts.Interrupted):
                     jr.record.setdefault("interrupted", {"signal": exc.name, "step": None})
-                    exc = RunbookError(f"{exc} before any step: nothing was touched")
                 logger.error("run_finished", exit_code=code, status=status, error=str(exc))
                 jr.finish(status, code)
                 RUN_LOG.close()
-                _error(options, exc)
+                if isinstance(exc, interrupts.Interrupted):
+                    _say(options, f"runbook: {exc} before anything was touched", err=True)
+                else:
+                    _error(options, exc)
                 return code
         except BaseException as exc:
             # A bug: the database was not read back, so "as before" cannot be promised (exit 3).

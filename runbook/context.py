@@ -98,9 +98,14 @@ class Context:
         """Session settings of every connection that may take locks."""
         from .units import pg_ms
 
+        from .postgres import client_check
+
         out = {"lock_timeout": pg_ms(self.locks.lock_timeout if lock_timeout is None else lock_timeout)}
         if self.locks.statement_timeout:
             out["statement_timeout"] = pg_ms(self.locks.statement_timeout)
+        # Also for sessions runbook does not open itself (the remote alembic, an env.py reading its
+        # URL): a statement whose client died is cancelled instead of running on with its locks.
+        out.update(client_check(self.endpoint))
         return out
 
     def connect(self, purpose: str, **kw: Any) -> Any:

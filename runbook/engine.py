@@ -26,7 +26,7 @@ from .interrupts import Interrupted
 from .inventory import Environment, Host
 from .journal import Journal
 from .migrations import Migrations, fmt
-from .outcome import NEEDS_PERSON, Outcome, code_of, rollback_verdict, status_of_error
+from .outcome import NEEDS_PERSON, OK, ROLLED_BACK, Outcome, code_of, rollback_verdict, status_of_error
 from .playbook import Playbook, Step
 from .runlock import RunLock
 
@@ -54,7 +54,7 @@ class Engine:
         """Host after host; the first host that does not succeed stops the fleet."""
         hosts = self.env.hosts
         done: list[tuple[str, Outcome]] = []
-        outcome = Outcome(0, "succeeded", "nothing to do")
+        outcome = Outcome(OK, "succeeded", "nothing to do")
         for host in hosts:
             with structlog.contextvars.bound_contextvars(host=host.name):
                 try:
@@ -188,7 +188,7 @@ class Engine:
             what = f"{what}: nothing to migrate"
         if "verify" in self.playbook.kinds():
             what += ", verified"
-        return Outcome(0, "succeeded", what)
+        return Outcome(OK, "succeeded", what)
 
     def _rollback(self, ctx: Context, error: BaseException) -> Outcome:
         with interrupts.shielded():
@@ -200,7 +200,7 @@ class Engine:
             current = self._read_back(ctx)
             if current is not None and set(current) == set(ctx.start):
                 self.log.info("rollback_not_needed", reason="nothing was changed", revision=fmt(current))
-                return Outcome(1, "failed", f"failed before any change: {reason}")
+                return Outcome(ROLLED_BACK, "failed", f"failed before any change: {reason}")
         self.log.warning("rollback_started", reason=reason, start_revision=fmt(ctx.start))
         unresolved = lost_to_other = False
         facts = ctx.facts
@@ -234,9 +234,9 @@ class Engine:
         verdict = rollback_verdict(start=ctx.start, current=current, unresolved=unresolved,
                                    restored=bool(facts.get("restored")), reverted=bool(reverted),
                                    lock_lost_to_other=lost_to_other)
-        if verdict.code == 1:
+        if verdict.code == ROLLED_BACK:
             self.log.info("rollback_finished", revision=start, how=verdict.how)
-            return Outcome(1, "rolled_back",
+            return Outcome(ROLLED_BACK, "rolled_back",
                            f"failed and rolled back ({verdict.how}; {ctx.database.name} at {start}, verified): {reason}")
         state = f"at {fmt(current)}" if current is not None else "in an unknown state (unreachable)"
         backup = ctx.backup.path if ctx.backup else None
@@ -253,7 +253,7 @@ class Engine:
                f"the run started at {start}; " + "; ".join(problems)
                + (f"; the run's backup is {backup}" + ("" if usable else " (unusable)") if backup else "")
                + f". Original failure: {reason}")
-        return Outcome(3, "needs_person", msg, nxt)
+        return Outcome(NEEDS_PERSON, "needs_person", msg, nxt)
 
     def _read_back(self, ctx: Context) -> tuple[str, ...] | None:
         try:

@@ -43,14 +43,19 @@ _SERVER_VERSION: dict[tuple[str, int], int] = {}
 CLIENT_CHECK_INTERVAL = "1000ms"
 
 
+def client_check(ep: Endpoint) -> dict[str, str]:
+    """The ``client_connection_check_interval`` setting, if the server (seen once) knows it."""
+    if _SERVER_VERSION.get((ep.host, ep.port), 0) >= 140000:
+        return {"client_connection_check_interval": CLIENT_CHECK_INTERVAL}
+    return {}
+
+
 def connect(ep: Endpoint, *, purpose: str, autocommit: bool = True,
             settings: dict[str, str] | None = None, connect_timeout: int = 10) -> Any:
     """A psycopg connection; ``settings`` become server settings of the session (``-c k=v``)."""
     import psycopg
 
-    settings = dict(settings or {})
-    if _SERVER_VERSION.get((ep.host, ep.port), 0) >= 140000:
-        settings.setdefault("client_connection_check_interval", CLIENT_CHECK_INTERVAL)
+    settings = {**client_check(ep), **(settings or {})}
     options = " ".join(f"-c {k}={v}" for k, v in settings.items())
     kwargs: dict[str, Any] = dict(host=ep.host, port=ep.port, dbname=ep.dbname, user=ep.user,
                                   application_name=f"{APP_NAME}:{purpose}",

@@ -76,8 +76,12 @@ class RemoteMigrations(MigrationBackend):
 
     def _alembic(self, args: str, *, env: dict[str, str] | None = None, timeout: float | None = None,
                  epilogue: str = "") -> Any:
+        from .hostcmd import cleanup_trap
+
         ctx = self._bound()
-        line = f"{self.command} {args}"
+        # The trap removes the command's PGPASSFILE however it ends, a stop by the job's watchdog
+        # (the runner died) included: nobody on the control side is left to remove it then.
+        line = f"{cleanup_trap()}; {self.command} {args}"
         if epilogue:
             line = f"{line}; rc=$?; {epilogue}; exit $rc"
         return ctx.transport.run(line, env={**self._libpq_env(ctx), **(env or {})},

@@ -14,7 +14,7 @@ again is pointless, and the engine says so.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ..context import Backup, Context
 from ..errors import CommandFailed, CommandTimedOut, RestoreError
@@ -80,8 +80,11 @@ def chosen(ctx: Context, which: str) -> Backup:
     raise RestoreError(f"unknown backup '{which}'", step="restore", host=ctx.host.name)
 
 
-def restore(ctx: Context, backup: Backup) -> Backup:
-    """Save the current state, then restore ``backup``; returns the pre-restore backup."""
+def restore(ctx: Context, backup: Backup, on_saved: Callable[[Backup], None] | None = None) -> Backup:
+    """Save the current state, then restore ``backup``; returns the pre-restore backup.
+
+    ``on_saved`` gets the pre-restore backup as soon as it exists: if the replay then fails (an
+    interrupt, a lost link), the caller's rollback can put that state back."""
     db = ctx.database
     # sha256sum alone: behind a pipe its failure (an unreadable file) would be the pipe's success.
     check = ctx.transport.run(f"sha256sum {quote(backup.path)}", check=False)
@@ -93,6 +96,8 @@ def restore(ctx: Context, backup: Backup) -> Backup:
                              "replaced since it was written)", step="restore", host=ctx.host.name)
     saved = backup_step.take(ctx, label="_pre-restore")
     ctx.log.info("current_state_saved", **saved.fact())
+    if on_saved is not None:
+        on_saved(saved)
     with ctx.connect("restore") as conn, conn.cursor() as cur:
         cur.execute(SCHEMAS_SQL)
         drops = "".join(r[0] for r in cur.fetchall())

@@ -246,9 +246,13 @@ def _restore_backup(ctx: Context, chosen: backups_mod.BackupFile, current: tuple
                     plan_lines: list[str]) -> dict[str, Any]:
     confirm(ctx, plan_lines or restore_lines(ctx, chosen, current))
     target = Backup(chosen.path, chosen.size, chosen.sha256 or "", chosen.revision, chosen.stamp)
-    ctx.facts["changed"] = True
-    saved = restore.restore(ctx, target)
-    ctx.backup = saved
+    def saved_first(copy: Backup) -> None:
+        # The state this rollback started from, saved before anything changes: from here on, a
+        # failure (an interrupt included) makes on_failure put that copy back.
+        ctx.backup = copy
+        ctx.facts["changed"] = True
+
+    saved = restore.restore(ctx, target, on_saved=saved_first)
     ctx.facts["restored"] = True
     return {"from": fmt(current), "restored": chosen.path, "restored_revision": chosen.revision,
             "saved_current_state": saved.path, "to": fmt(ctx.current())}

@@ -59,7 +59,7 @@ class LocalTransport(Transport):
             os.close(keep_r)
         started = time.monotonic()
         try:
-            out, err = proc.communicate(timeout=None if timeout is None else timeout + KILL_GRACE)
+            out, err = self._wait(proc, None if timeout is None else started + timeout + KILL_GRACE)
         except subprocess.TimeoutExpired:
             self._stop(proc, keep_w)
             raise CommandTimedOut(f"{self.name}: command timed out after {timeout:g}s: {command}") from None
@@ -73,6 +73,18 @@ class LocalTransport(Transport):
         if check and not result.ok:
             raise CommandFailed(failure_message(self.name, result), result=result)
         return result
+
+    @staticmethod
+    def _wait(proc: subprocess.Popen[bytes], deadline: float | None) -> tuple[bytes, bytes]:
+        """communicate() in short slices: a signal that lands just before a long blocking wait
+        would otherwise be handled only when the command ends."""
+        while True:
+            slice_ = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+            try:
+                return proc.communicate(timeout=slice_)
+            except subprocess.TimeoutExpired:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
 
     @staticmethod
     def _stop(proc: subprocess.Popen[bytes], keep_w: int) -> None:
