@@ -15,6 +15,7 @@ import pytest
 
 from runbook import embedded
 from runbook.embedded import EmbeddedCluster
+from tests.fixtures.project import Project
 
 
 def _stop_server(data_dir: Path) -> None:
@@ -122,3 +123,23 @@ def test_local_dry_run_changes_nothing(local_dir: Path) -> None:
     assert "revision 0001" in result.stdout and "revision 0002" in result.stdout
     assert not running(local_dir)
     assert query(local_dir, "SELECT to_regclass('collections')::text") == [(None,)]
+
+
+def test_shell_step_never_inherits_the_password_variable(local_project: Project) -> None:
+    """A shell step on the local transport sees runbook's environment minus the password_env variable."""
+    from tests.fixtures.project import PASSWORD_ENV
+
+    local_project.upgrade_to("0001")
+    local_project.write_playbook("probe", """\
+        description: what a shell step sees
+        steps:
+          - shell: {command: "env | cut -d= -f1 | sort | tr '\\\\n' ' '; printf '%s' \\"${PRODUCTION_PASSWORD:-unset}\\""}
+        """)
+    result = local_project.run("prod", "probe", extra_env={"PROBE_MARK": "visible"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    finished = [e for e in local_project.events() if e["event"] == "step_finished" and e.get("step") == "shell"]
+    output = finished[0]["output"]
+    names = output.split()
+    assert "PROBE_MARK" in names and "PATH" in names  # the rest of runbook's environment is there
+    assert PASSWORD_ENV not in names
+    assert output.endswith("unset")

@@ -87,15 +87,17 @@ def role_db(pg_server: PgServer, request: pytest.FixtureRequest) -> Iterator[obj
                 conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
-def _project(tmp_path: Path, db: PgDatabase, sshd: SSHServer) -> Project:
+def _project(tmp_path: Path, db: PgDatabase, sshd: SSHServer, request: pytest.FixtureRequest) -> Project:
     backups = host_dir("runbook-backups-", sshd.user)
+    request.addfinalizer(lambda: shutil.rmtree(backups, ignore_errors=True))
     proj = Project(tmp_path, db, sshd, backups / "rag_memory")
     proj.write_inventory()
     return proj
 
 
 def test_database_name_and_user_holding_conninfo_are_just_names(
-        tmp_path: Path, sshd: SSHServer, role_db: object, other_server: tuple[int, Path]) -> None:
+        tmp_path: Path, sshd: SSHServer, role_db: object, other_server: tuple[int, Path],
+        request: pytest.FixtureRequest) -> None:
     """A database 'rag host=127.0.0.1 port=<other>' and a user with quotes and '=': migrate, backup and restore reach
     only that database; the other server (which would accept the password) sees no connection."""
     other_port, other_log = other_server
@@ -103,7 +105,7 @@ def test_database_name_and_user_holding_conninfo_are_just_names(
     role = f"o'rag \"u\" user=x {tag}"
     name = f"rag host=127.0.0.1 port={other_port} dbname=rag '{tag}'"
     db = role_db(role, "S3cr%t p@ss:w0rd/x", name)  # type: ignore[operator]
-    project = _project(tmp_path, db, sshd)
+    project = _project(tmp_path, db, sshd, request)
     project.start_at_0002()
     project.add_revision("0003", "0002", 'op.add_column("collections", sa.Column("slug", sa.Text()))', "pass",
                          verify=[{"name": "fails", "sql": "SELECT 1", "expect": 0}])
@@ -195,11 +197,11 @@ def test_long_password_rests_nowhere(project: Project) -> None:
 
 
 def test_one_character_password_garbles_nothing(
-        tmp_path: Path, sshd: SSHServer, role_db: object) -> None:
+        tmp_path: Path, sshd: SSHServer, role_db: object, request: pytest.FixtureRequest) -> None:
     """With the password 'x', output keeps 'next', the host-key fingerprint and the suggested command intact."""
     tag = uuid.uuid4().hex[:6]
     db = role_db(f"rb_short_{tag}", "x", f"t_short_{tag}")  # type: ignore[operator]
-    project = _project(tmp_path, db, sshd)
+    project = _project(tmp_path, db, sshd, request)
     project.upgrade_to("0001")
     ok = project.run("prod", "migrate")
     assert ok.returncode == 0, ok.stderr
