@@ -46,7 +46,9 @@ PASSWORD_ENV = "PRODUCTION_PASSWORD"  # tests.fixtures.project.PASSWORD_ENV
 
 RUNBOOK = ROOT / ".venv" / "bin" / "runbook"
 ALEMBIC = ROOT / ".venv" / "bin" / "alembic"
-RESULTS_MD = Path(__file__).resolve().parent / "results.md"
+# BENCH_RESULTS: another file for a partial run (``-k slowlink``), so it does not replace the full
+# table of results.md with a few lines.
+RESULTS_MD = Path(os.environ.get("BENCH_RESULTS") or Path(__file__).resolve().parent / "results.md")
 
 # Repetitions of every timed command (the median is reported); BENCH_RUNS overrides.
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))

@@ -553,3 +553,292 @@ def test_7_peak_memory(bench: Bench, report: Report) -> None:
               f"session: {others}.")
     report.add("7", "peak memory (RSS) of `runbook prod migrate`", f"{peak / 1024:.1f} MB", "< 200 MB",
                peak < 200 * 1024, detail)
+
+
+# -- 8-10. over a slow link (50 ms round trip) --------------------------------------------------
+# A delaying TCP proxy (bench/slowlink.py) sits in front of the test sshd; runbook's inventory and
+# the hand-run script's ssh both go through it. Small data (the shipped sample), so what is measured
+# is round trips, not dumping. See docs/benchmarks.md.
+
+import dataclasses  # noqa: E402
+
+from slowlink import SlowLink, self_check  # noqa: E402
+
+SLOW_RTT = float(os.environ.get("BENCH_RTT_MS", "50")) / 1000
+
+
+@dataclasses.dataclass
+class Slow:
+    bench: Bench        # the same databases and backup folder, ssh through the proxy
+    link: SlowLink
+    check: dict[str, float]
+
+
+@pytest.fixture(scope="session")
+def slow(bench: Bench) -> Any:
+    from tests.fixtures.project import Project
+
+    check = self_check(SLOW_RTT)
+    link = SlowLink(bench.sshd.host, bench.sshd.port, rtt=SLOW_RTT).start()
+    work = bench.project.dir / "slowlink"
+    work.mkdir(exist_ok=True)
+    known_hosts = work / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{link.port} {bench.sshd.host_pubkey_line}\n")
+    ssh = dataclasses.replace(bench.sshd, host="127.0.0.1", port=link.port,
+                              known_hosts_path=str(known_hosts))
+    project = Project(work, bench.dbs.db, ssh, bench.project.backup_dir)
+    project.write_inventory()
+    try:
+        yield Slow(dataclasses.replace(bench, project=project, sshd=ssh), link, check)
+    finally:
+        link.stop()
+
+
+def slow_windows(started: float, wall: float, events: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
+    """(phase, t0, t1) in epoch seconds: start-up, connect, every step (run log step_started →
+    step_finished), the gaps between steps, the exit."""
+    by = {e["event"]: e for e in reversed(events)}
+    requested = ts(by["run_requested"])
+    finished = ts(by["run_finished"])
+    out = [("start-up + plan", started, requested)]
+    steps = []
+    opened: dict[str, float] = {}
+    for e in events:
+        if e.get("phase", "run") != "run":
+            continue
+        if e.get("event") == "step_started":
+            opened[str(e["step"])] = ts(e)
+        elif e.get("event") == "step_finished" and str(e["step"]) in opened:
+            steps.append((f"step {e['step']}", opened.pop(str(e["step"])), ts(e)))
+    first = steps[0][1] if steps else finished
+    out.append(("connect (SSH, tunnel, probe, run lock, revision)", requested, first))
+    prev = first
+    gap_windows = []
+    for name, a, b in steps:
+        if a > prev:
+            gap_windows.append((prev, a))
+        out.append((name, a, b))
+        prev = b
+    if finished > prev:
+        gap_windows.append((prev, finished))
+    out.append(("between steps + finish (journal, logging)", -1.0, -1.0))  # filled by the caller
+    out.append(("exit", finished, started + wall))
+    return out + [("__gaps__", a, b) for a, b in gap_windows]
+
+
+def slow_phase_rows(link: SlowLink, started: float, wall: float,
+                    events: list[dict[str, Any]]) -> dict[str, tuple[float, int]]:
+    """phase → (seconds, turns counted at the proxy in that phase's window)."""
+    windows = slow_windows(started, wall, events)
+    gaps = [(a, b) for n, a, b in windows if n == "__gaps__"]
+    rows: dict[str, tuple[float, int]] = {}
+    for name, a, b in windows:
+        if name == "__gaps__":
+            continue
+        if a < 0:
+            rows[name] = (sum(b - a for a, b in gaps), sum(link.turns_between(a, b) for a, b in gaps))
+        else:
+            prev = rows.get(name, (0.0, 0))
+            rows[name] = (prev[0] + b - a, prev[1] + link.turns_between(a, b))
+    return rows
+
+
+def slow_phase_table(samples: list[dict[str, tuple[float, int]]], rtt: float) -> str:
+    keys: list[str] = []
+    for s in samples:
+        keys += [k for k in s if k not in keys]
+    lines = ["| phase | median time | turns at the proxy (median) | time ÷ RTT |", "| --- | --- | --- | --- |"]
+    for k in keys:
+        secs = median([s.get(k, (0.0, 0))[0] for s in samples])
+        turns = median([s.get(k, (0.0, 0))[1] for s in samples])
+        lines.append(f"| {k} | {secs:.3f} s | {turns:g} | {secs / rtt:.0f} |")
+    return "\n".join(lines)
+
+
+LAST_TIMELINE: dict[str, str] = {}
+
+
+def turn_timeline(link: SlowLink, started: float, wall: float, events: list[dict[str, Any]], top: int = 20) -> str:
+    """Turns between consecutive run-log events, summed by the event that ends each interval (the
+    work that led to it: ``check_passed`` = one verification query), the biggest first."""
+    marks = [("(process start)", "", started)] + [
+        (str(e.get("event")), str(e.get("step") or ""), ts(e)) for e in events] + [("(process exit)", "", started + wall)]
+    marks.sort(key=lambda m: m[2])
+    agg: dict[str, list[float]] = {}
+    for (_, _, a), (ev, step, b) in zip(marks, marks[1:]):
+        key = f"{ev} ({step})" if step else ev
+        row = agg.setdefault(key, [0, 0, 0.0])
+        row[0] += 1
+        row[1] += link.turns_between(a, b)
+        row[2] += b - a
+    rows = sorted(agg.items(), key=lambda kv: -kv[1][1])
+    lines = ["| interval ending at run-log event (step) | times | turns | time |", "| --- | --- | --- | --- |"]
+    for key, (n, turns, secs) in rows[:top]:
+        if turns:
+            lines.append(f"| {key} | {n:g} | {turns:g} | {secs:.3f} s |")
+    return "\n".join(lines)
+
+
+def slow_runbook(slow: Slow, *args: str, what: str) -> tuple[Timed, dict[str, tuple[float, int]], Any]:
+    """One timed runbook run through the slow link: its result, per-phase (seconds, turns), and the
+    proxy's counters for the whole run (the last run's turn timeline is kept in LAST_TIMELINE)."""
+    before = slow.link.sample()
+    r, started, events = run_runbook(slow.bench, *args, what=what)
+    time.sleep(0.05)  # let the proxy see the last bytes
+    total = slow.link.sample() - before
+    LAST_TIMELINE[what] = turn_timeline(slow.link, started, r.wall, events)
+    return r, slow_phase_rows(slow.link, started, r.wall, events), total
+
+
+def link_note(slow: Slow, short: bool = False) -> str:
+    c = slow.check
+    if short:
+        return (f"Link: {SLOW_RTT * 1000:g} ms round trip through the delaying proxy, turns counted as in "
+                f"measure 8 (see there).")
+    return (f"Link: a delaying TCP proxy (bench/slowlink.py) in front of the test sshd, {SLOW_RTT * 1000:g} ms "
+            f"round trip (each direction delayed {SLOW_RTT * 500:g} ms; BENCH_RTT_MS). Checked against an "
+            f"echo server before the runs: request/answer {c['rtt'] * 1000:.1f} ms, bulk {c['mb_per_s']:.0f} MB/s "
+            f"one way (the delay does not cap throughput). A **turn** is a change of direction of the "
+            f"traffic from client→server to server→client seen at the proxy: a round trip the client waited "
+            f"for. Per-phase turns: the proxy time-stamps every turn, counted in each phase's window from "
+            f"the run log's timestamps (run_requested, step_started → step_finished, run_finished); "
+            f"`time ÷ RTT` is the other estimate (an upper bound: it includes work on either side).")
+
+
+def test_8_slowlink_migrate(bench: Bench, slow: Slow, report: Report) -> None:
+    sb = slow.bench
+    ours: list[float] = []
+    theirs: list[float] = []
+    our_turns: list[Any] = []
+    their_turns: list[Any] = []
+    our_phases: list[dict[str, tuple[float, int]]] = []
+    their_phases: list[dict[str, float]] = []
+    their_phase_turns: list[dict[str, float]] = []
+    for i in range(RUNS):
+        order = ("runbook", "hand") if i % 2 == 0 else ("hand", "runbook")
+        for who in order:
+            sb.dbs.reset("small1")
+            sb.clear_backups()
+            if who == "runbook":
+                r, ph, total = slow_runbook(slow, "prod", "migrate", what="migrate (slow link)")
+                if sb.dbs.db.alembic_version() != {"0002"}:
+                    pytest.fail(f"runbook migrate did not reach 0002: {r.stdout}\n{r.stderr}")
+                ours.append(r.wall)
+                our_turns.append(total)
+                our_phases.append(ph)
+            else:
+                before = slow.link.sample()
+                wall, ph2, _cpu = hand_migrate(sb)
+                end = time.time()  # ~ the script's end (its checks after the clock stopped take ms)
+                time.sleep(0.05)
+                their_turns.append(slow.link.sample() - before)
+                theirs.append(wall)
+                their_phases.append(ph2)
+                # The script's phases back from its end (an estimate to a few ms).
+                t = end - 0.005 - wall
+                pt: dict[str, float] = {}
+                for k, v in ph2.items():
+                    pt[k] = slow.link.turns_between(t, t + v)
+                    t += v
+                their_phase_turns.append(pt)
+    sb.clear_backups()
+    m_ours, m_theirs = median(ours), median(theirs)
+    t_ours = median([t.turns for t in our_turns])
+    t_theirs = median([t.turns for t in their_turns])
+    script_table = ["| script step | median time | turns at the proxy (median) | time ÷ RTT |",
+                    "| --- | --- | --- | --- |"]
+    for k in their_phases[0]:
+        secs = median([p[k] for p in their_phases])
+        script_table.append(f"| {k} | {secs:.3f} s | {median([p[k] for p in their_phase_turns]):g} | "
+                            f"{secs / SLOW_RTT:.0f} |")
+    detail = "\n".join([
+        link_note(slow),
+        "",
+        f"Database: {sb.dbs.sizes['small1']} (the shipped sample data) at 0001, reset from a template before "
+        f"every run; runs alternate.",
+        "",
+        f"- runbook `prod migrate`: {fmt_s(m_ours)} (runs: {spread(ours)}); turns: "
+        f"{', '.join(str(t.turns) for t in our_turns)}; last run: {our_turns[-1]}",
+        f"- the hand-run script (measure 3's, its ssh ControlMaster and tunnel through the same proxy): "
+        f"{fmt_s(m_theirs)} (runs: {spread(theirs)}); turns: {', '.join(str(t.turns) for t in their_turns)}; "
+        f"last run: {their_turns[-1]}",
+        f"- difference: {m_ours - m_theirs:+.3f} s ({pct(m_ours, m_theirs)}), {t_ours - t_theirs:+g} turns; "
+        f"ratio {m_ours / m_theirs:.2f}x",
+        "",
+        "Where runbook's time and turns go:",
+        "",
+        slow_phase_table(our_phases, SLOW_RTT),
+        "",
+        "Where the script's time and turns go (its phase windows are placed back from its end: a few ms off):",
+        "",
+        "\n".join(script_table),
+        "",
+        "runbook's turns between consecutive run-log events (last run; each interval is named by the event "
+        "that ends it):",
+        "",
+        LAST_TIMELINE.get("migrate (slow link)", ""),
+    ])
+    report.add("8", f"`migrate` over a {SLOW_RTT * 1000:g} ms RTT link vs the same steps by hand",
+               f"{fmt_s(m_ours)} vs {fmt_s(m_theirs)} ({pct(m_ours, m_theirs)}); turns {t_ours:g} vs {t_theirs:g}",
+               "≤ +10%", m_ours <= m_theirs * 1.10, detail)
+
+
+def test_9_slowlink_rollback(bench: Bench, slow: Slow, report: Report) -> None:
+    sb = slow.bench
+    walls: list[float] = []
+    totals: list[Any] = []
+    phases_: list[dict[str, tuple[float, int]]] = []
+    for _ in range(RUNS):
+        sb.dbs.reset("small1")
+        sb.dbs._upgrade(sb.dbs.name, "0002")  # deployed: the sample data at 0002
+        sb.clear_backups()
+        r, ph, total = slow_runbook(slow, "prod", "rollback", what="rollback (slow link)")
+        if sb.dbs.db.alembic_version() != {"0001"}:
+            pytest.fail(f"runbook rollback did not go back to 0001: {r.stdout}\n{r.stderr}")
+        walls.append(r.wall)
+        totals.append(total)
+        phases_.append(ph)
+    sb.clear_backups()
+    m = median(walls)
+    detail = "\n".join([
+        link_note(slow, short=True),
+        "",
+        f"`runbook --yes prod rollback` from 0002 to the previous revision (0001; no earlier migrate in "
+        f"this project's journal, so one revision back) on the sample data, keystroke to exit (the exit "
+        f"comes after the verification): {fmt_s(m)} (runs: {spread(walls)}); turns "
+        f"{', '.join(str(t.turns) for t in totals)}; last run: {totals[-1]}.",
+        "",
+        slow_phase_table(phases_, SLOW_RTT),
+        "",
+        "Turns between consecutive run-log events (last run):",
+        "",
+        LAST_TIMELINE.get("rollback (slow link)", ""),
+    ])
+    report.add("9", f"`rollback` to the previous revision over a {SLOW_RTT * 1000:g} ms RTT link",
+               f"{fmt_s(m)}; turns {median([t.turns for t in totals]):g}", "≤ 5 s", m <= 5.0, detail)
+
+
+def test_10_slowlink_status(bench: Bench, slow: Slow, report: Report) -> None:
+    sb = slow.bench
+    sb.dbs.reset("small1")
+    sb.clear_backups()
+    run_runbook(bench, "prod", "backup", what="backup")  # status lists the backups: have one (fast link)
+    walls: list[float] = []
+    totals: list[Any] = []
+    for _ in range(RUNS):
+        before = slow.link.sample()
+        r = sb.runbook("prod", "status").check("runbook prod status (slow link)")
+        time.sleep(0.05)
+        totals.append(slow.link.sample() - before)
+        walls.append(r.wall)
+    sb.clear_backups()
+    m = median(walls)
+    detail = "\n".join([
+        link_note(slow, short=True),
+        "",
+        f"`runbook prod status` on the sample data, one backup on the host: {fmt_s(m)} (runs: {spread(walls)}); "
+        f"turns {', '.join(str(t.turns) for t in totals)}; last run: {totals[-1]}. status writes no run "
+        f"log, so there is no per-phase split; time ÷ RTT = {m / SLOW_RTT:.0f}.",
+    ])
+    report.add("10", f"`status` over a {SLOW_RTT * 1000:g} ms RTT link",
+               f"{fmt_s(m)}; turns {median([t.turns for t in totals]):g}", "≤ 1.5 s", m <= 1.5, detail)

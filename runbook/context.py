@@ -57,6 +57,7 @@ class Context:
     log: Any
     backup_dir: str = ""
     step: str = ""  # the step running now: it names the database sessions runbook opens
+    last_read: tuple[str, ...] | None = None  # what ``current()`` last read back
     start: tuple[str, ...] = ()
     facts: dict[str, bool] = field(default_factory=dict)
     backup: Backup | None = None
@@ -109,8 +110,12 @@ class Context:
         return out
 
     def connect(self, purpose: str, **kw: Any) -> Any:
+        """A database session for ``with``: the run's shared one (``HostSession.db``, named after
+        the step), or with ``kw`` (session settings, a transaction mode) one of its own, closed after."""
         from . import postgres
 
+        if not kw:
+            return self.session.db(self.step or purpose)
         name = f"{self.step}/{purpose}" if self.step and self.step != purpose else purpose
         return postgres.connect(self.endpoint, purpose=f"{name} {self.run_id}", **kw)
 
@@ -119,4 +124,5 @@ class Context:
         from . import postgres
 
         with self.connect("read") as conn:
-            return postgres.current_revisions(conn)
+            self.last_read = postgres.current_revisions(conn)
+        return self.last_read

@@ -102,7 +102,9 @@ class Engine:
                 outcome = self._run_steps(ctx)
                 with interrupts.shielded():
                     with contextlib.suppress(Exception):
-                        record["end_revision"] = fmt(ctx.current())
+                        # the outcome's own read-back is the last thing that happened to the database
+                        end = ctx.last_read if ctx.last_read is not None else ctx.current()
+                        record["end_revision"] = fmt(end)
                     self.journal.save()
                 return outcome
             finally:
@@ -131,6 +133,7 @@ class Engine:
 
         entry = self.journal.step_started(ctx.host.name, step.kind, phase)
         started = time.monotonic()
+        counted = _counters(ctx)
         ctx.step = step.kind
         with structlog.contextvars.bound_contextvars(step=step.kind, phase=phase):
             self.log.info("step_started", params=step.describe())
@@ -153,14 +156,15 @@ class Engine:
             finally:
                 ctx.step = ""
             ms = int((time.monotonic() - started) * 1000)
-            self.log.info("step_finished", duration_ms=ms, **facts)
+            # what the step cost on the link: on a slow one, each of these is a round trip or more
+            self.log.info("step_finished", duration_ms=ms, round_trips=_spent(counted, _counters(ctx)), **facts)
             self.journal.step_finished(entry, "ok", facts)
             return facts
 
-    def _check_lock(self, ctx: Context) -> None:
+    def _check_lock(self, ctx: Context, step: str) -> None:
         """Before every step: the run lock is still ours, or the run stops (and rolls back)."""
         lock = self._lock
-        if lock is not None and not lock.held():
+        if lock is not None and not ctx.session.begin_step(step, lock):
             self.log.error("run_lock_lost", holder=lock.holder())
             raise RunLockLost("the run lock's session ended (terminated, timed out or the server restarted): "
                               "the run does not go on unlocked", step="run_lock", host=ctx.host.name)
@@ -169,7 +173,7 @@ class Engine:
         try:
             for step in self.playbook.steps:
                 if step.wanted(ctx.facts):
-                    self._check_lock(ctx)
+                    self._check_lock(ctx, step.kind)
                     self.step(ctx, step, "run")
         except (GuardRefused, ConfigError) as exc:  # a refusal, or bad input found on the host (rollback)
             if ctx.facts.get("changed"):
@@ -212,7 +216,7 @@ class Engine:
                 continue
             try:
                 self._ensure_connected(ctx)
-                if not self._ensure_locked(ctx):
+                if not self._ensure_locked(ctx, step.kind):
                     lost_to_other = True
                     problems.append(f"another run holds the run lock ({self._lock.holder() if self._lock else '?'}): "
                                     "the rollback was not run")
@@ -269,10 +273,10 @@ class Engine:
         if not ctx.session.alive():
             ctx.session.reconnect()
 
-    def _ensure_locked(self, ctx: Context) -> bool:
+    def _ensure_locked(self, ctx: Context, step: str) -> bool:
         """The run lock is ours (taken again if its session was lost); False if another run has it."""
         lock = self._lock
-        if lock is None or lock.held():
+        if lock is None or ctx.session.begin_step(step, lock):
             return True
         lock.endpoint = ctx.endpoint
         try:
@@ -282,6 +286,18 @@ class Engine:
             return False
         self.log.warning("run_lock_taken_again")
         return True
+
+
+def _counters(ctx: Context) -> dict[str, int]:
+    try:
+        return dict(ctx.transport.counters())
+    except Exception:  # noqa: BLE001 - a lost transport counts nothing
+        return {}
+
+
+def _spent(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """What a step added to each counter (a reconnect starts them again: never negative)."""
+    return {k: max(0, v - before.get(k, 0)) for k, v in after.items()}
 
 
 def state_dir_of(inventory_path: Path) -> Path:

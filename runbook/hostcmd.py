@@ -1,16 +1,15 @@
 """Running PostgreSQL client programs on the database host without exposing the password.
 
-The password goes into a 0600 PGPASSFILE written for the command (over SFTP when remote) and removed
-right after it; only the file's path is on the command line.
+The password goes into a 0600 PGPASSFILE that the command's own script writes from its stdin and
+removes when it ends (``transports.base.HostSecret``); only the file's path is in its environment.
 """
 
 from __future__ import annotations
 
-import contextlib
-import secrets
-from typing import Any, Iterator
+from typing import Any
 
 from .postgres import pgpass_line
+from .transports.base import HostSecret
 
 
 def backup_dir(ctx: Any) -> str:
@@ -19,25 +18,17 @@ def backup_dir(ctx: Any) -> str:
     return on_host(ctx.backup_dir, ctx.transport)
 
 
-@contextlib.contextmanager
-def pg_env(ctx: Any) -> Iterator[dict[str, str]]:
-    """Environment for a PostgreSQL client program run on the host: its PGPASSFILE, and a
-    PGAPPNAME naming runbook, the step and the run, so its session can be found and ended."""
+def pg_env(ctx: Any) -> tuple[dict[str, str], HostSecret | None]:
+    """Environment for a PostgreSQL client program run on the host: a PGAPPNAME naming runbook,
+    the step and the run (so its session can be found and ended), and the password as a
+    ``HostSecret``: a 0600 PGPASSFILE the command's own script writes from its stdin and removes."""
     from .postgres import APP_NAME
 
     db = ctx.database
     named = {"PGAPPNAME": f"{APP_NAME}:{ctx.step or 'host'} {ctx.run_id}"[:63]}
     if not db.password:
-        yield named
-        return
-    home = ctx.transport.home.rstrip("/")
-    path = f"{home}/.runbook-pgpass-{ctx.run_id}-{secrets.token_hex(4)}"
-    ctx.transport.put_bytes(pgpass_line("*", db.port, "*", "*", db.password).encode(), path, mode=0o600)
-    try:
-        yield {**named, "PGPASSFILE": path}
-    finally:
-        with contextlib.suppress(Exception):
-            ctx.transport.remove(path)
+        return named, None
+    return named, HostSecret("PGPASSFILE", pgpass_line("*", db.port, "*", "*", db.password).encode())
 
 
 def remove_pgpass_of(ctx: Any, run_id: str) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import structlog
 
@@ -44,6 +44,8 @@ class HostSession:
         self.transport: Transport | None = None
         self.tunnel: Tunnel | None = None
         self.endpoint: Endpoint | None = None
+        self._shared: Any = None  # the run's database session on this host (see ``db``)
+        self._shared_name = ""
 
     # -- opening --------------------------------------------------------------------------------
     def open(self, *, announce: bool = False) -> "HostSession":
@@ -111,17 +113,74 @@ class HostSession:
         self.endpoint = Endpoint(tunnel.local_host, tunnel.local_port, db.name, db.user, db.password)
 
     def check_reachable(self) -> None:
+        """Open the shared session (``db``): the database answers, or one clear line."""
+        import psycopg
+
+        assert self.endpoint is not None
+        try:
+            with self.db("connect"):
+                pass
+        except psycopg.OperationalError as exc:
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise ConnectError(f"cannot connect to database {self.endpoint.dbname} as {self.endpoint.user} on "
+                               f"{self.host.name}: {reason}") from None
+
+    @contextlib.contextmanager
+    def db(self, name: str) -> Iterator[Any]:
+        """The run's one database session on this host, for every read and check of every step.
+
+        A new connection through the tunnel costs about five round trips before its first query
+        (channel open, startup, SCRAM): on a 50 ms link a quarter of a second each, so steps share
+        this autocommit session instead of opening their own. It is named ``runbook:<name> <run
+        id>`` (the engine passes the step), renamed when the step changes; it never holds a lock or
+        a transaction between uses (a block that leaves one open gets the session closed). Broken
+        (a lost link, a restarted server), it is opened again on next use.
+        """
         import psycopg
 
         from . import postgres
 
         assert self.endpoint is not None
+        label = f"{postgres.APP_NAME}:{name} {self.run_id}"[:63]
+        conn = self._shared
+        if conn is None or conn.closed or conn.broken:
+            conn = self._shared = postgres.connect(self.endpoint, purpose=f"{name} {self.run_id}")
+            self._shared_name = name
+        elif self._shared_name != name:
+            conn.execute("SELECT set_config('application_name', %s, false)", (label,))
+            self._shared_name = name
         try:
-            postgres.connect(self.endpoint, purpose=f"probe {self.run_id}").close()
-        except psycopg.OperationalError as exc:
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            raise ConnectError(f"cannot connect to database {self.endpoint.dbname} as {self.endpoint.user} on "
-                               f"{self.host.name}: {reason}") from None
+            yield conn
+        except psycopg.OperationalError:
+            self._drop_shared()
+            raise
+        if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self._drop_shared()
+
+    def begin_step(self, name: str, lock: Any) -> bool:
+        """Name the shared session after the step and ask whether the run lock is still held,
+        in one round trip (the first query of every step)."""
+        from . import postgres
+
+        import psycopg
+
+        label = f"{postgres.APP_NAME}:{name} {self.run_id}"[:63]
+        for last_try in (False, True):  # a session broken meanwhile (a restarted server): once more
+            try:
+                with self.db(self._shared_name or name) as conn:
+                    held = bool(lock.held(conn, label))
+                break
+            except psycopg.OperationalError:
+                if last_try:
+                    raise
+        self._shared_name = name
+        return held
+
+    def _drop_shared(self) -> None:
+        if self._shared is not None:
+            with contextlib.suppress(Exception):
+                self._shared.close()
+        self._shared = None
 
     # -- losing it ------------------------------------------------------------------------------
     def alive(self) -> bool:
@@ -151,20 +210,23 @@ class HostSession:
                 with attempt:
                     self._disconnect()
                     self._connect()
-                    self.check_reachable()
+                    assert self.endpoint is not None
+                    # A session of its own (not the shared one): it ends every other session of the run.
+                    probe = postgres.connect(self.endpoint, purpose=f"probe {self.run_id}", connect_timeout=5)
         except Exception as exc:
             raise ConnectError(f"lost the connection to {self.host.name} and could not reconnect: {exc}") from exc
         assert self.transport is not None and self.endpoint is not None
         with contextlib.suppress(Exception):
             if self.transport.kill_jobs(self.run_id):
                 self.log.warning("lost_host_commands_stopped", tag=self.run_id)
-        with postgres.connect(self.endpoint, purpose=f"probe {self.run_id}", connect_timeout=5) as conn:
-            ended = postgres.terminate_run_sessions(conn, self.run_id)
+        with probe:
+            ended = postgres.terminate_run_sessions(probe, self.run_id)
         if ended:
             self.log.warning("lost_sessions_terminated", sessions=ended)
         self.log.info("reconnected")
 
     def _disconnect(self) -> None:
+        self._drop_shared()
         if self.tunnel is not None:
             with contextlib.suppress(Exception):
                 self.tunnel.close()

@@ -165,13 +165,15 @@ def sessions(conn: Any, *, runbook: bool = False) -> list[Session]:
     runbook's own sessions are left out unless ``runbook`` (status shows those of a run going on,
     or left behind by a killed one)."""
     locks: dict[int, list[str]] = {}
-    with conn.cursor() as cur:
-        cur.execute(TABLE_LOCKS_SQL)
-        for pid, relname, nsp, mode, granted in cur.fetchall():
-            name = relname if nsp == "public" else f"{nsp}.{relname}"
-            locks.setdefault(pid, []).append(f"{name}:{mode}{'' if granted else ' (waiting)'}")
+    # both queries in one round trip (pipeline mode)
+    with conn.pipeline(), conn.cursor() as lock_cur, conn.cursor() as cur:
+        lock_cur.execute(TABLE_LOCKS_SQL)
         cur.execute(ACTIVITY_SQL.replace(_NOT_RUNBOOK, "") if runbook else ACTIVITY_SQL)
+        lock_rows = lock_cur.fetchall()
         rows = cur.fetchall()
+    for pid, relname, nsp, mode, granted in lock_rows:
+        name = relname if nsp == "public" else f"{nsp}.{relname}"
+        locks.setdefault(pid, []).append(f"{name}:{mode}{'' if granted else ' (waiting)'}")
     out = []
     for pid, user, app, client, state, _wait, query, xage, qage, _wrote in rows:
         out.append(Session(pid, user, app, client, state, query, xage, qage, tuple(locks.get(pid, ()))))
@@ -184,7 +186,19 @@ def touching(session: Session, tables: Iterable[str]) -> bool:
 
 
 def current_revisions(conn: Any) -> tuple[str, ...]:
-    """The rows of alembic_version (empty when the table does not exist: base)."""
+    """The rows of alembic_version (empty when the table does not exist: base).
+
+    On an autocommit session, one round trip: the table is read, and a missing one (base) is the
+    error that says so; otherwise the table is looked up first, so no transaction is aborted."""
+    import psycopg
+
+    if conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT version_num FROM alembic_version ORDER BY 1")
+                return tuple(r[0] for r in cur.fetchall())
+        except psycopg.errors.UndefinedTable:
+            return ()
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass('alembic_version') IS NOT NULL")
         row = cur.fetchone()

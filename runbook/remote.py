@@ -75,7 +75,7 @@ class RemoteMigrations(MigrationBackend):
         return env
 
     def _alembic(self, args: str, *, env: dict[str, str] | None = None, timeout: float | None = None,
-                 epilogue: str = "") -> Any:
+                 epilogue: str = "", secret: Any = None) -> Any:
         from .hostcmd import cleanup_trap
 
         ctx = self._bound()
@@ -85,7 +85,7 @@ class RemoteMigrations(MigrationBackend):
         if epilogue:
             line = f"{line}; rc=$?; {epilogue}; exit $rc"
         return ctx.transport.run(line, env={**self._libpq_env(ctx), **(env or {})},
-                                 timeout=timeout or self.timeout, check=False)
+                                 timeout=timeout or self.timeout, check=False, secret=secret)
 
     def _failed(self, what: str, result: Any) -> RemoteAlembicFailed:
         text = f"{result.stderr}\n{result.stdout}"
@@ -221,11 +221,12 @@ class RemoteMigrations(MigrationBackend):
 
         ctx = self._bound()
         env = {"PGOPTIONS": pg_options(settings), "PGAPPNAME": f"{APP_NAME}:{direction} {ctx.run_id}"[:63]}
-        with pg_env(ctx) as secret_env:  # {"PGPASSFILE": path}: the path only, never the password
-            try:
-                result = self._alembic(f"{direction} {quote(target or 'base')}", env={**secret_env, **env})
-            except CommandFailed as exc:  # pragma: no cover - check=False: only for transports that raise
-                result = exc.result
+        named, secret = pg_env(ctx)  # the password as a 0600 PGPASSFILE the command's script writes
+        try:
+            result = self._alembic(f"{direction} {quote(target or 'base')}", env={**named, **env},
+                                   secret=secret)
+        except CommandFailed as exc:  # pragma: no cover - check=False: only for transports that raise
+            result = exc.result
         # Alembic logs "Running upgrade a -> b" as each revision starts: when the command failed,
         # the last one started is the one that failed.
         started = [right if verb == "upgrade" else left.split(",")[0].strip()

@@ -25,9 +25,12 @@ from . import postgres, runner
 from .errors import GuardRefused
 from .postgres import RUN_LOCK, Endpoint
 
-HELD_SQL = """
-SELECT count(*) FROM pg_locks
-WHERE locktype = 'advisory' AND classid = %s AND objid = %s AND granted AND pid = pg_backend_pid()
+# Asked from another session (the run's shared one, with its other business of the moment), by
+# the lock session's server pid: a lock session that ended no longer shows there.
+HELD_BY_SQL = """
+SELECT set_config('application_name', %(name)s, false),
+       EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND classid = %(classid)s
+               AND objid = %(objid)s AND granted AND pid = %(pid)s)
 """
 
 
@@ -39,11 +42,13 @@ class RunLock:
         self.run_id = run_id
         self.state_dir = state_dir
         self.conn: Any = None
+        self.pid = 0  # the lock session's server pid
 
     def acquire(self) -> None:
         """Take the lock, or raise GuardRefused naming the holder."""
         self.release()
         self.conn = postgres.connect(self.endpoint, purpose=f"lock {self.run_id} {runner.token()}")
+        self.pid = int(self.conn.info.backend_pid)
         if self._try():
             return
         holder = postgres.run_lock_holder(self.conn)
@@ -60,15 +65,19 @@ class RunLock:
         raise GuardRefused(f"another runbook run is in progress on {self.endpoint.dbname}: {describe(holder, self.state_dir)}",
                            step="run_lock")
 
-    def held(self) -> bool:
-        """Whether this run still holds the lock (its session alive and the lock granted to it)."""
-        if self.conn is None:
+    def held_by_query(self, name: str) -> tuple[str, dict[str, Any]]:
+        """The query that, run on the run's shared session, names it ``name`` and answers whether
+        the lock is still held: one round trip per step for both (``held``)."""
+        return HELD_BY_SQL, {"name": name, "classid": RUN_LOCK[0], "objid": RUN_LOCK[1], "pid": self.pid}
+
+    def held(self, conn: Any, name: str) -> bool:
+        """Whether this run still holds the lock (its session alive, the lock granted to it),
+        asked on ``conn`` (another session: the lock's own may be the one that is gone), which
+        is named ``name`` by the same query."""
+        if self.conn is None or not self.pid:
             return False
-        try:
-            row = self.conn.execute(HELD_SQL, RUN_LOCK).fetchone()
-        except Exception:  # noqa: BLE001 - a dead session: the lock is gone with it
-            return False
-        return bool(row and row[0])
+        row = conn.execute(*self.held_by_query(name)).fetchone()
+        return bool(row and row[1])
 
     def holder(self) -> str:
         """Who holds the lock now, for a message (asked on a fresh session)."""

@@ -65,9 +65,10 @@ def _dump(ctx: Context, label: str, revision: str, stamp: str) -> Backup:
         'echo "$sum $size"',
     ])
     try:
-        with pg_env(ctx) as env, progress(ctx, "pg_dump", partial):
+        env, secret = pg_env(ctx)
+        with progress(ctx, "pg_dump", partial):
             _prewarm()
-            result = ctx.transport.run(script, env=env, timeout=ctx.env.config.backup.timeout)
+            result = ctx.transport.run(script, env=env, secret=secret, timeout=ctx.env.config.backup.timeout)
     except CommandFailed as exc:
         if exc.result is not None and exc.result.exited == NAME_TAKEN:
             raise _NameTaken() from None

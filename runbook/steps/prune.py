@@ -27,12 +27,15 @@ def run(ctx: Context, params: Any) -> dict[str, Any]:
     if last and (last.get("backup") or {}).get("backup_path"):
         protected.add(str(last["backup"]["backup_path"]).rsplit("/", 1)[-1])
     doomed = to_prune(found, keep, protected)
-    for b in doomed:
-        # a retention hiccup must never fail (and roll back) a run that did its job
+    if doomed:
+        # one command for all of them (a round trip each adds up on a slow link); a retention
+        # hiccup must never fail (and roll back) a run that did its job
+        files = [p for b in doomed for p in (b.path, b.path + ".sha256")]
         try:
-            ctx.transport.run(f"rm -f {quote(b.path)} {quote(b.path + '.sha256')}", timeout=60)
+            ctx.transport.run("rm -f -- " + " ".join(quote(p) for p in files), timeout=60)
         except Exception as exc:
-            ctx.log.warning("backup_prune_failed", backup=b.path, error=str(exc))
-            continue
-        ctx.log.info("backup_pruned", backup=b.path, size=b.size, revision=b.revision)
+            ctx.log.warning("backup_prune_failed", backups=[b.path for b in doomed], error=str(exc))
+            return {"kept": len(found), "pruned": [], "keep": keep}
+        for b in doomed:
+            ctx.log.info("backup_pruned", backup=b.path, size=b.size, revision=b.revision)
     return {"kept": len(found) - len(doomed), "pruned": [b.name for b in doomed], "keep": keep}

@@ -117,9 +117,10 @@ def restore(ctx: Context, backup: Backup, on_saved: Callable[[Backup], None] | N
     def attempt(timeout: float, n: int) -> None:
         ctx.log.info("restore_attempt", attempt=n, lock_timeout_ms=int(timeout * 1000), backup=backup.path)
         try:
-            with pg_env(ctx) as env, backup_step.progress(ctx, f"restoring {backup.name}"):
+            env, secret = pg_env(ctx)
+            with backup_step.progress(ctx, f"restoring {backup.name}"):
                 env = {**env, "PGOPTIONS": f"-c lock_timeout={pg_ms(timeout)}"}
-                ctx.transport.run(script, env=env, timeout=ctx.env.config.backup.timeout)
+                ctx.transport.run(script, env=env, secret=secret, timeout=ctx.env.config.backup.timeout)
         except CommandFailed as exc:
             stderr = exc.result.stderr if exc.result is not None else ""
             if f"{LOCK_NOT_AVAILABLE}:" in stderr:

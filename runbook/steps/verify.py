@@ -16,8 +16,7 @@ from ..inventory import CheckConfig
 from ..migrations import fmt
 from ..verifyfiles import load_file
 
-def checks_for(ctx: Context, params: Any) -> tuple[list[CheckConfig], list[str]]:
-    current = ctx.current()
+def checks_for(ctx: Context, params: Any, current: tuple[str, ...]) -> tuple[list[CheckConfig], list[str]]:
     checks: list[CheckConfig] = []
     missing: list[str] = []
     for rev in current:
@@ -31,28 +30,53 @@ def checks_for(ctx: Context, params: Any) -> tuple[list[CheckConfig], list[str]]
     return checks, missing
 
 
-def run_check(conn: Any, check: CheckConfig) -> str | None:
-    """None if the check holds, else what went wrong."""
+# Local to the checks' transaction: a stuck check fails instead of hanging the run.
+CHECK_SETTINGS_SQL = ("SELECT set_config('statement_timeout', '60000', true), "
+                      "set_config('lock_timeout', '5000', true)")
+
+
+def run_checks(conn: Any, checks: list[CheckConfig]) -> list[str | None]:
+    """Each check's problem (None if it holds), in one transaction that is always rolled back.
+
+    Every check runs in a savepoint rolled back after it, so a probe INSERT leaves nothing behind
+    and no check sees another's effects; in pipeline mode the rollback of one check travels with
+    the next one, so each check costs one round trip.
+    """
     import psycopg
+
+    problems: list[str | None] = []
+    with conn.pipeline() as pipeline, conn.transaction(force_rollback=True):
+        conn.execute(CHECK_SETTINGS_SQL)
+        for check in checks:
+            try:
+                with conn.transaction(force_rollback=True), conn.cursor() as cur:
+                    cur.execute(check.sql)
+                    pipeline.sync()
+                    row = cur.fetchone() if cur.description else None
+                problems.append(_judge(check, row))
+            except psycopg.Error as exc:
+                problems.append(_judge_error(check, exc))
+    return problems
+
+
+def _judge(check: CheckConfig, row: Any) -> str | None:
+    if check.expect_error is not None:
+        return f"expected error {check.expect_error}, but the statement succeeded"
+    got = row[0] if row else None
+    if not _equal(got, check.expect):
+        return f"expected {check.expect!r}, got {got!r}"
+    return None
+
+
+def _judge_error(check: CheckConfig, exc: Any) -> str | None:
     import psycopg.errors
 
-    try:
-        with conn.transaction(force_rollback=True), conn.cursor() as cur:
-            cur.execute(check.sql)
-            row = cur.fetchone() if cur.description else None
-        if check.expect_error is not None:
-            return f"expected error {check.expect_error}, but the statement succeeded"
-        got = row[0] if row else None
-        if not _equal(got, check.expect):
-            return f"expected {check.expect!r}, got {got!r}"
-        return None
-    except psycopg.Error as exc:
-        if check.expect_error is not None:
-            wanted = psycopg.errors.lookup(check.expect_error.upper())
-            if isinstance(exc, wanted):
-                return None
-            return f"expected error {check.expect_error}, got {exc.sqlstate}: {str(exc).splitlines()[0]}"
-        return f"error {exc.sqlstate}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    if check.expect_error is not None:
+        wanted = psycopg.errors.lookup(check.expect_error.upper())
+        if isinstance(exc, wanted):
+            return None
+        return f"expected error {check.expect_error}, got {exc.sqlstate}: {str(exc).splitlines()[0]}"
+    return f"error {exc.sqlstate}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
 
 
 def _equal(got: Any, expected: Any) -> bool:
@@ -62,22 +86,23 @@ def _equal(got: Any, expected: Any) -> bool:
 
 
 def run(ctx: Context, params: Any) -> dict[str, Any]:
-    checks, missing = checks_for(ctx, params)
-    revision = fmt(ctx.current())
+    current = ctx.current()
+    checks, missing = checks_for(ctx, params, current)
+    revision = fmt(current)
     for rev in missing:
         ctx.log.warning("verify_file_missing", revision=rev, path=ctx.migrations.verify_location(rev),
                         hint="no per-revision checks for this revision: add that file to verify it")
     if not checks:
         ctx.log.warning("no_verification_queries", revision=revision)
     failures: list[str] = []
-    with ctx.connect("verify", settings={"statement_timeout": "60000ms", "lock_timeout": "5000ms"}) as conn:
-        for check in checks:
-            problem = run_check(conn, check)
-            if problem:
-                ctx.log.error("check_failed", check=check.name, problem=problem)
-                failures.append(f"{check.name}: {problem}")
-            else:
-                ctx.log.info("check_passed", check=check.name)
+    with ctx.connect("verify") as conn:
+        problems = run_checks(conn, checks) if checks else []
+    for check, problem in zip(checks, problems):
+        if problem:
+            ctx.log.error("check_failed", check=check.name, problem=problem)
+            failures.append(f"{check.name}: {problem}")
+        else:
+            ctx.log.info("check_passed", check=check.name)
     facts = {"revision": revision, "checks": len(checks), "failed": len(failures)}
     if failures:
         raise VerificationError(f"{len(failures)} of {len(checks)} verification queries failed at "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import re
+import secrets
 import shlex
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -32,6 +33,16 @@ class Result:
         return "\n".join(text[-lines:])
 
 
+@dataclass(frozen=True)
+class HostSecret:
+    """Bytes a command needs in a file (a PGPASSFILE): written by the command's own script from
+    its stdin into a fresh 0600 file, exported as ``var``, removed when the command ends. They
+    never travel on a command line, and no SFTP session is needed for them."""
+
+    var: str
+    data: bytes = field(repr=False)
+
+
 @dataclass
 class Tunnel:
     """A local endpoint that reaches ``remote_host:remote_port`` as seen from the host."""
@@ -41,6 +52,7 @@ class Tunnel:
     remote_host: str
     remote_port: int
     closers: list = field(default_factory=list)
+    forwards: list = field(default_factory=list)  # what carries it (counted: connections, turns)
 
     def close(self) -> None:
         for close in reversed(self.closers):
@@ -58,11 +70,13 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     def run(self, command: str, *, env: Mapping[str, str] | None = None,
-            timeout: float | None = None, check: bool = True, tag: str | None = None) -> Result:
+            timeout: float | None = None, check: bool = True, tag: str | None = None,
+            secret: HostSecret | None = None) -> Result:
         """Run ``command`` through a POSIX shell on the host, as a job (``job_script``) that dies
         when this call gives up on it, is interrupted, or this process dies.
 
-        ``env`` values must never be secrets: they may show on the remote command line.
+        ``env`` values must never be secrets: they may show on the remote command line; a
+        ``secret`` reaches the command as a 0600 file named by ``secret.var``.
         Raises CommandFailed (check=True and non-zero exit), CommandTimedOut, ConnectionLost.
         """
 
@@ -90,6 +104,12 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def home(self) -> str:
         """The login user's home directory on the host (for expanding ``~``)."""
+
+    def counters(self) -> dict[str, int]:
+        """Round trips so far, by kind (``host_commands``; SSH adds tunnel and SFTP figures)."""
+        return {"host_commands": self.commands}
+
+    commands = 0  # commands run (each is a round trip at least)
 
     def kill_jobs(self, tag: str) -> int:
         """Stop every command still running on the host under ``tag`` (a run id); returns how many
@@ -119,26 +139,35 @@ JOB_MARK = "runbook-job"
 KILL_AFTER = 5
 
 
-def job_script(command: str, *, timeout: float | None, tag: str) -> str:
+def job_script(command: str, *, timeout: float | None, tag: str, secret: HostSecret | None = None) -> str:
     """A POSIX-shell script that runs ``command`` so that nothing of it outlives its caller.
 
     The command runs under coreutils ``timeout`` (its own process group: a signal to ``timeout``
     reaches the whole pipeline, ``pg_dump | ...`` included, and a timeout stops it on the host too).
-    A watchdog reads the script's stdin, which the caller holds open and never writes: when the
-    caller closes it (gives up, is interrupted) or dies (SIGKILL, closed laptop: the kernel or sshd
-    closes it), the watchdog gets EOF and sends TERM to the group, KILL ``KILL_AFTER`` s later.
+    A watchdog reads the script's stdin, which the caller holds open and never closes while it
+    waits: when the caller closes it (gives up, is interrupted) or dies (SIGKILL, closed laptop: the
+    kernel or sshd closes it), the watchdog gets EOF and sends TERM to the group, KILL
+    ``KILL_AFTER`` s later. With a ``secret``, the caller first writes its bytes to that stdin: the
+    script copies exactly that many into a new file created 0600 (umask 077), exports its path as
+    ``secret.var`` and removes it when the command ends (the command's own trap does too).
     The command's ``$0`` is ``runbook-job <tag>`` so ``Transport.kill_jobs`` can find it after a cut
     link, which neither end notices at once. The script's own shell stays the parent (never
     ``exec``), so a command killed by a signal reports 128+N.
     """
-    seconds = "0" if timeout is None else (f"{timeout:.3f}".rstrip("0").rstrip(".") or "0.001")
+    seconds = "0" if timeout is None else (f"{max(timeout, 0.001):.3f}".rstrip("0").rstrip(".") or "0.001")
     inner = f"/bin/sh -c {shlex.quote(command)} {shlex.quote(f'{JOB_MARK} {tag}')}"
+    prelude = cleanup = ""
+    if secret is not None:
+        name = shlex.quote(f".runbook-pgpass-{tag}-{secrets.token_hex(4)}")
+        prelude = (f'f="${{HOME:-/tmp}}"/{name}; (umask 077; head -c {len(secret.data)} > "$f") || exit 125; '
+                   f'export {secret.var}="$f"; ')
+        cleanup = 'rm -f -- "$f"; '
     return (
-        "exec 3<&0 </dev/null; "
+        f"{prelude}exec 3<&0 </dev/null; "
         f"if command -v timeout >/dev/null 2>&1; then timeout -k {KILL_AFTER} {seconds} {inner} & "
         f"else {inner} & fi; p=$!; "
         "{ cat <&3 >/dev/null 2>&1; kill -TERM $p 2>/dev/null; } >/dev/null 2>&1 & w=$!; "
-        "exec 3<&-; wait $p; rc=$?; kill $w 2>/dev/null; exit $rc"
+        f"exec 3<&-; wait $p; rc=$?; {cleanup}kill $w 2>/dev/null; exit $rc"
     )
 
 

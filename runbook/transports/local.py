@@ -15,7 +15,7 @@ import time
 from typing import Mapping
 
 from runbook.errors import CommandFailed, CommandTimedOut, TransportError
-from runbook.transports.base import KILL_AFTER, Result, Transport, Tunnel, job_script, stopped_by_timeout
+from runbook.transports.base import KILL_AFTER, HostSecret, Result, Transport, Tunnel, job_script, stopped_by_timeout
 
 # After SIGTERM, how long a timed-out command gets to exit (pg_dump removes its partial output).
 KILL_GRACE = 2.0
@@ -23,6 +23,12 @@ KILL_GRACE = 2.0
 
 def _decode(data: bytes | None) -> str:
     return (data or b"").decode("utf-8", "replace")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def failure_message(name: str, result: Result) -> str:
@@ -40,7 +46,9 @@ class LocalTransport(Transport):
         self.hidden_env = hidden_env
 
     def run(self, command: str, *, env: Mapping[str, str] | None = None,
-            timeout: float | None = None, check: bool = True, tag: str | None = None) -> Result:
+            timeout: float | None = None, check: bool = True, tag: str | None = None,
+            secret: HostSecret | None = None) -> Result:
+        self.commands += 1
         full_env = {k: v for k, v in os.environ.items() if k not in self.hidden_env}
         full_env.update(env or {})
         # The job's stdin is a pipe whose write end only this process holds (not inheritable): it
@@ -48,7 +56,7 @@ class LocalTransport(Transport):
         keep_r, keep_w = os.pipe()
         try:
             proc = subprocess.Popen(
-                ["/bin/sh", "-c", job_script(command, timeout=timeout, tag=tag or self.tag)],
+                ["/bin/sh", "-c", job_script(command, timeout=timeout, tag=tag or self.tag, secret=secret)],
                 stdin=keep_r, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env,
                 start_new_session=True,
             )
@@ -57,6 +65,8 @@ class LocalTransport(Transport):
             raise
         finally:
             os.close(keep_r)
+        if secret is not None:
+            _write_all(keep_w, secret.data)
         started = time.monotonic()
         try:
             out, err = self._wait(proc, None if timeout is None else started + timeout + KILL_GRACE)

@@ -27,7 +27,7 @@ import paramiko
 from runbook.errors import (CommandFailed, CommandTimedOut, ConnectError, ConnectionLost,
                             HostKeyError, TransportError)
 from runbook.transports import known_hosts
-from runbook.transports.base import Result, Transport, Tunnel, job_script, stopped_by_timeout
+from runbook.transports.base import HostSecret, Result, Transport, Tunnel, job_script, stopped_by_timeout
 from runbook.transports.local import failure_message
 from runbook.transports.tunnel import Forward
 
@@ -237,9 +237,11 @@ class SSHTransport(Transport):
     # -- commands ---------------------------------------------------------------------------
 
     def run(self, command: str, *, env: Mapping[str, str] | None = None,
-            timeout: float | None = None, check: bool = True, tag: str | None = None) -> Result:
+            timeout: float | None = None, check: bool = True, tag: str | None = None,
+            secret: HostSecret | None = None) -> Result:
         transport = self._transport()
-        script = job_script(command, timeout=timeout, tag=tag or self.tag)
+        self.commands += 1
+        script = job_script(command, timeout=timeout, tag=tag or self.tag, secret=secret)
         if env:
             script = f"export {self._env(env)}; {script}"
         started = time.monotonic()
@@ -247,6 +249,8 @@ class SSHTransport(Transport):
         try:
             channel = transport.open_session(timeout=self.connect_timeout)
             channel.exec_command(script)
+            if secret is not None:
+                channel.sendall(secret.data)  # read by the script into its 0600 file
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise ConnectionLost(f"{self.name}: the SSH connection to {self.where} failed while running "
                                  f"{command}: {exc}") from exc
@@ -317,7 +321,16 @@ class SSHTransport(Transport):
 
     # -- files ------------------------------------------------------------------------------
 
+    def counters(self) -> dict[str, int]:
+        forwards = [f for t in self._tunnels for f in t.forwards]
+        return {"host_commands": self.commands, "sftp_files": self.sftp_files,
+                "db_connections": sum(f.connections for f in forwards),
+                "db_turns": sum(f.turns for f in forwards)}
+
+    sftp_files = 0
+
     def _sftp_client(self) -> paramiko.SFTPClient:
+        self.sftp_files += 1
         with self._lock:
             conn = self._connection()
             if self._sftp is None:
@@ -375,6 +388,7 @@ class SSHTransport(Transport):
         tunnel = Tunnel(local_host="127.0.0.1", local_port=forward.port, remote_host=remote_host,
                         remote_port=remote_port)
         tunnel.closers.append(forward.close)
+        tunnel.forwards.append(forward)
         tunnel.closers.append(lambda: self._forget(tunnel))
         with self._lock:
             self._tunnels.append(tunnel)

@@ -28,6 +28,10 @@ class Forward:
         self.listener.settimeout(0.5)  # so close() is noticed even if shutdown() does not wake accept()
         self.port: int = self.listener.getsockname()[1]
         self.stopped = threading.Event()
+        # What crossed the link: connections (channels opened) and turns (a client message after
+        # the server last spoke: each one waits for a round trip). Read by ``Transport.counters``.
+        self.connections = 0
+        self.turns = 0
         self.pairs: set[tuple[socket.socket, Any]] = set()
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, name=f"tunnel-{self.port}", daemon=True).start()
@@ -58,9 +62,11 @@ class Forward:
                     client.close()
                     return
                 self.pairs.add((client, channel))
+                self.connections += 1
             threading.Thread(target=self._pump, args=(client, channel), daemon=True).start()
 
     def _pump(self, client: socket.socket, channel: paramiko.Channel) -> None:
+        server_spoke = True  # the first client message is a turn too
         try:
             while not self.stopped.is_set():
                 readable, _, _ = select.select([client, channel], [], [], 1.0)
@@ -68,19 +74,27 @@ class Forward:
                     data = client.recv(65536)
                     if not data:
                         break
+                    if server_spoke:
+                        with self.lock:
+                            self.turns += 1
+                        server_spoke = False
                     channel.sendall(data)
                 if channel in readable:
                     data = channel.recv(65536)
                     if not data:
                         break
+                    server_spoke = True
                     client.sendall(data)
-        except (OSError, ValueError, paramiko.SSHException, EOFError):
-            pass  # either end closed under us (ValueError: select on a socket closed meanwhile)
+        except BaseException:  # noqa: BLE001 - either end closed under us (OSError, EOFError, paramiko's
+            pass  # SSHException, ValueError or AttributeError from a socket/channel torn down meanwhile)
         finally:
             with self.lock:
                 self.pairs.discard((client, channel))
-            channel.close()
-            client.close()
+            for end in (channel, client):
+                try:
+                    end.close()
+                except BaseException:  # noqa: BLE001 - a pump thread never prints a traceback at exit
+                    pass
 
     def close(self) -> None:
         self.stopped.set()
