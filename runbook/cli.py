@@ -79,8 +79,13 @@ def execute(inventory_path: Path, env_name: str, playbook_name: str, options: An
     from . import interrupts, log
     from .errors import RunbookError
 
+    import contextlib
+
+    from .hostsession import discard_early
+
     log.configure(json_stdout=options.json, tty=sys.stderr.isatty())
-    with interrupts.installed(on_ignored=_signal_ignored):
+    with interrupts.installed(on_ignored=_signal_ignored), contextlib.ExitStack() as cleanup:
+        cleanup.callback(discard_early)  # an early SSH connection nobody took (see connect_early)
         try:
             plan = _plan(inventory_path, env_name, playbook_name, options)
             if playbook_name == "status":
@@ -141,9 +146,12 @@ def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any)
     from .migrations import backend_for
     from . import verifyfiles as verify
 
+    from .hostsession import connect_early
+
     inv = inventory.load(inventory_path)
     env = inv.environment(env_name)
     REDACTOR.add(*env.secrets())
+    connect_early(env)  # the SSH handshake runs while the rest of the plan is validated
     # status is built in: read-only, no run lock, no journal of its own
     pb = None if playbook_name == "status" else playbook.load(playbook.find(playbook_name, inv.path.parent))
     migrations = backend_for(env)

@@ -83,9 +83,15 @@ class Engine:
     def run_host(self, host: Host) -> Outcome:
         from . import cleanup
 
-        with HostSession(self.env, host, self.journal.run_id, sleep=self.sleep).open(announce=True) as session:
+        lock = self._lock = RunLock(None, self.journal.run_id, self.env.state_dir)
+        try:
+            opened = HostSession(self.env, host, self.journal.run_id, sleep=self.sleep).open(
+                announce=True, on_tunnel=lock.connect_ahead)
+        except BaseException:
+            lock.release()
+            raise
+        with opened as session:
             ctx = session.context(self.options, self.journal, self.migrations)
-            lock = self._lock = RunLock(ctx.endpoint, self.journal.run_id, self.env.state_dir)
             try:
                 lock.acquire()
                 if session.created:

@@ -14,6 +14,7 @@ database sessions (whose transactions then roll back).
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -48,7 +49,10 @@ class HostSession:
         self._shared_name = ""
 
     # -- opening --------------------------------------------------------------------------------
-    def open(self, *, announce: bool = False) -> "HostSession":
+    def open(self, *, announce: bool = False,
+             on_tunnel: Callable[[Endpoint], None] | None = None) -> "HostSession":
+        """Reach the host; ``on_tunnel`` is called once the tunnel is up, before the shared session
+        is opened (the run lock's session then connects alongside it)."""
         try:
             self.database = self._database()
             if announce:
@@ -57,6 +61,9 @@ class HostSession:
                               ssh_host=ssh.host if ssh else None, database=db.name, db_host=db.host,
                               db_port=db.port)
             self._connect()
+            if on_tunnel is not None:
+                assert self.endpoint is not None
+                on_tunnel(self.endpoint)
             self.check_reachable()
         except BaseException:
             self.close()
@@ -103,7 +110,8 @@ class HostSession:
     def _connect(self) -> None:
         db = self.database
         assert db is not None
-        transport = self.new_transport()
+        transport = _take_early(self.host) or self.new_transport()
+        transport.tag = self.run_id
         try:
             tunnel = transport.tunnel(db.host, db.port)
         except BaseException:
@@ -265,3 +273,53 @@ class Viewer:
     def context(self, stack: contextlib.ExitStack, host: Host) -> Any:
         session = stack.enter_context(HostSession(self.env, host, self.run_id).open())
         return session.context(self.options, None, self.migrations)
+
+
+# -- connecting early ---------------------------------------------------------------------------
+# The SSH handshake (about six round trips: a third of a second on a 50 ms link) runs in a thread
+# while the plan is validated (imports, the Alembic project, verification files): it touches
+# nothing on the host, and nothing runs there before the plan is complete. Its error (an unknown
+# host key, a refused login) is raised where the run connects, after any error of the plan.
+_early: dict[str, tuple[threading.Thread, dict[str, Any]]] = {}
+
+
+def connect_early(env: Environment) -> None:
+    """Start the SSH handshake with the environment's first host (when it has an ``ssh`` block)."""
+    if env.embedded or not env.hosts or env.hosts[0].ssh is None:
+        return
+    host = env.hosts[0]
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        transport = HostSession(env, host, "-").new_transport()
+        try:
+            transport.connect()  # type: ignore[attr-defined]
+            box["transport"] = transport
+        except Exception as exc:  # noqa: BLE001 - raised in the foreground, where the run connects
+            transport.close()
+            box["error"] = exc
+
+    thread = threading.Thread(target=work, name="ssh-early", daemon=True)
+    thread.start()
+    _early[host.name] = (thread, box)
+
+
+def _take_early(host: Host) -> Transport | None:
+    item = _early.pop(host.name, None)
+    if item is None:
+        return None
+    thread, box = item
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    transport: Transport | None = box.get("transport")
+    return transport
+
+
+def discard_early() -> None:
+    """Close what ``connect_early`` opened and nobody took (the plan failed, or was a dry run)."""
+    while _early:
+        _name, (thread, box) = _early.popitem()
+        thread.join(timeout=30)
+        if box.get("transport") is not None:
+            box["transport"].close()

@@ -37,17 +37,52 @@ SELECT set_config('application_name', %(name)s, false),
 class RunLock:
     """Take, check, take again and release the run lock of one database."""
 
-    def __init__(self, endpoint: Endpoint, run_id: str, state_dir: Path | None = None) -> None:
+    def __init__(self, endpoint: Endpoint | None, run_id: str, state_dir: Path | None = None) -> None:
         self.endpoint = endpoint
         self.run_id = run_id
         self.state_dir = state_dir
         self.conn: Any = None
         self.pid = 0  # the lock session's server pid
+        self._ahead: tuple[Any, dict[str, Any]] | None = None
+
+    def connect_ahead(self, endpoint: Endpoint) -> None:
+        """Open the lock's session in a thread now (``acquire`` takes it): its handshake, a few
+        round trips, then overlaps the run's other session opening."""
+        import threading
+
+        self.endpoint = endpoint
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["conn"] = self._connect()
+            except Exception as exc:  # noqa: BLE001 - raised by acquire
+                box["error"] = exc
+
+        thread = threading.Thread(target=work, name="run-lock-connect", daemon=True)
+        thread.start()
+        self._ahead = (thread, box)
+
+    @property
+    def where(self) -> Endpoint:
+        assert self.endpoint is not None, "the run lock's endpoint is set before it is used"
+        return self.endpoint
+
+    def _connect(self) -> Any:
+        return postgres.connect(self.where, purpose=f"lock {self.run_id} {runner.token()}")
 
     def acquire(self) -> None:
         """Take the lock, or raise GuardRefused naming the holder."""
+        ahead, self._ahead = self._ahead, None  # (before release, which would close it)
         self.release()
-        self.conn = postgres.connect(self.endpoint, purpose=f"lock {self.run_id} {runner.token()}")
+        if ahead is not None:
+            thread, box = ahead
+            thread.join()
+            if "error" in box:
+                raise box["error"]
+            self.conn = box["conn"]
+        else:
+            self.conn = self._connect()
         self.pid = int(self.conn.info.backend_pid)
         if self._try():
             return
@@ -62,7 +97,7 @@ class RunLock:
                 return
             holder = postgres.run_lock_holder(self.conn)
         self.release()
-        raise GuardRefused(f"another runbook run is in progress on {self.endpoint.dbname}: {describe(holder, self.state_dir)}",
+        raise GuardRefused(f"another runbook run is in progress on {self.where.dbname}: {describe(holder, self.state_dir)}",
                            step="run_lock")
 
     def held_by_query(self, name: str) -> tuple[str, dict[str, Any]]:
@@ -82,7 +117,7 @@ class RunLock:
     def holder(self) -> str:
         """Who holds the lock now, for a message (asked on a fresh session)."""
         try:
-            with postgres.connect(self.endpoint, purpose=f"probe {self.run_id}", connect_timeout=5) as conn:
+            with postgres.connect(self.where, purpose=f"probe {self.run_id}", connect_timeout=5) as conn:
                 return describe(postgres.run_lock_holder(conn), self.state_dir)
         except Exception as exc:  # noqa: BLE001 - only for the message
             return f"unknown ({str(exc).strip()[:100]})"
@@ -103,6 +138,12 @@ class RunLock:
         return runner.known_dead(record)
 
     def release(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:  # opened ahead and never taken (the host could not be reached)
+            ahead[0].join(timeout=30)
+            if ahead[1].get("conn") is not None:
+                with contextlib.suppress(Exception):
+                    ahead[1]["conn"].close()
         if self.conn is not None:
             with contextlib.suppress(Exception):
                 self.conn.close()

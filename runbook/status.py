@@ -34,11 +34,12 @@ def host_status(viewer: Any, host: Any) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         ctx = viewer.context(stack, host)  # its migration backend is bound to this host
         db, transport = ctx.database, ctx.transport
-        with ctx.connect("status") as conn:
-            conn.execute("SET default_transaction_read_only = on")
+        with ctx.connect("status") as conn:  # only reads (two round trips: a slow link shows)
             current = postgres.current_revisions(conn)
-            sessions = postgres.sessions(conn, runbook=True)
-            run_lock = run_lock_holder(conn)
+            with conn.pipeline(), conn.cursor() as holder:
+                holder.execute(postgres.RUN_LOCK_HOLDER_SQL, postgres.RUN_LOCK)
+                sessions = postgres.sessions(conn, runbook=True)  # syncs: the holder's answer comes along
+                run_lock = _holder_fact(holder.fetchone())
         folder = on_host(folder_of(env), transport)
         found = list_backups(transport, folder, db.name, env.name)
         # with alembic.remote the history is read on this host
@@ -54,9 +55,8 @@ def host_status(viewer: Any, host: Any) -> dict[str, Any]:
             "run_lock": run_lock, "sessions": [s.fact() for s in interesting]}
 
 
-def run_lock_holder(conn: Any) -> dict[str, Any] | None:
+def _holder_fact(row: Any) -> dict[str, Any] | None:
     """The session holding runbook's run lock on this database (a run in progress), if any."""
-    row = postgres.run_lock_holder(conn)
     if row is None:
         return None
     pid, app, client, since = row

@@ -372,6 +372,8 @@ def test_sigterm_while_connecting_touches_nothing(project: Project,
             assert proc.poll() is None, _finish(proc)
             assert time.monotonic() < deadline, "the runner never connected"
             time.sleep(0.02)
+        # (the handshake starts while the plan is validated: wait until the run itself waits for it)
+        project.wait_event("connecting", proc=proc)
         proc.send_signal(signal.SIGTERM)
         out, err = _finish(proc, 60)
     finally:

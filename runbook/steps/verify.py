@@ -45,17 +45,25 @@ def run_checks(conn: Any, checks: list[CheckConfig]) -> list[str | None]:
     import psycopg
 
     problems: list[str | None] = []
-    with conn.pipeline() as pipeline, conn.transaction(force_rollback=True):
+    # Plain statements rather than psycopg's nested transaction blocks, which wait for the
+    # server at every savepoint: here each check's rollback is queued and travels with the next.
+    with conn.pipeline() as pipeline:
+        conn.execute("BEGIN")
         conn.execute(CHECK_SETTINGS_SQL)
-        for check in checks:
-            try:
-                with conn.transaction(force_rollback=True), conn.cursor() as cur:
+        try:
+            for check in checks:
+                conn.execute("SAVEPOINT runbook_check")
+                with conn.cursor() as cur:
                     cur.execute(check.sql)
-                    pipeline.sync()
-                    row = cur.fetchone() if cur.description else None
-                problems.append(_judge(check, row))
-            except psycopg.Error as exc:
-                problems.append(_judge_error(check, exc))
+                    try:
+                        pipeline.sync()
+                        row = cur.fetchone() if cur.description else None
+                        problems.append(_judge(check, row))
+                    except psycopg.Error as exc:
+                        problems.append(_judge_error(check, exc))
+                conn.execute("ROLLBACK TO SAVEPOINT runbook_check")
+        finally:
+            conn.execute("ROLLBACK")
     return problems
 
 
