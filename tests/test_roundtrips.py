@@ -31,7 +31,7 @@ import pytest
 
 from tests.fixtures.pg import PgServer
 from tests.fixtures.project import Project
-from tests.fixtures.sshd import SSHServer, _free_port, _start, stop_sshd
+from tests.fixtures.sshd import SSHServer, _free_port, start_another_sshd, stop_sshd
 
 # Upper bounds: what `runbook prod migrate` of one revision does since issue 10's round-trip work:
 # 4 database sessions (connect: the run's one shared session for every read and check; lock: the
@@ -80,35 +80,11 @@ def log_connections(pg_server: PgServer) -> Iterator[Path]:
 @pytest.fixture
 def debug_sshd(sshd: SSHServer, tmp_path: Path) -> Iterator[SSHServer]:
     """Another sshd like the suite's (same host key, user, authorized key), logging at DEBUG1."""
-    base = (Path(sshd.log_path).parent / "sshd_config").read_text()
     folder = tmp_path / "sshd-debug"
     folder.mkdir()
-    config_path, log_path = folder / "sshd_config", folder / "sshd.log"
-    proc = None
-    for _ in range(5):
-        port = _free_port()
-        lines = []
-        for line in base.splitlines():
-            key = line.split(" ", 1)[0]
-            if key == "Port":
-                line = f"Port {port}"
-            elif key == "PidFile":
-                line = f"PidFile {folder / 'sshd.pid'}"
-            elif key == "LogLevel":
-                line = "LogLevel DEBUG1"
-            lines.append(line)
-        config_path.write_text("\n".join(lines) + "\n")
-        proc = _start(config_path, log_path, port)
-        if proc is not None:
-            break
-    if proc is None:
-        pytest.fail(f"the DEBUG1 sshd could not bind a port; its log: {log_path}")
-    known_hosts = folder / "known_hosts"
-    known_hosts.write_text(f"[127.0.0.1]:{port} {sshd.host_pubkey_line}\n")
+    proc, server = start_another_sshd(sshd, folder, listen="127.0.0.1", port=_free_port(), log_level="DEBUG1")
     try:
-        yield SSHServer(host="127.0.0.1", port=port, user=sshd.user, key_path=sshd.key_path,
-                        known_hosts_path=str(known_hosts), host_pubkey_line=sshd.host_pubkey_line,
-                        log_path=str(log_path), home=sshd.home)
+        yield server
     finally:
         stop_sshd(proc)
 
