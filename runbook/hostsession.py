@@ -14,7 +14,6 @@ database sessions (whose transactions then roll back).
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -280,46 +279,40 @@ class Viewer:
 # while the plan is validated (imports, the Alembic project, verification files): it touches
 # nothing on the host, and nothing runs there before the plan is complete. Its error (an unknown
 # host key, a refused login) is raised where the run connects, after any error of the plan.
-_early: dict[str, tuple[threading.Thread, dict[str, Any]]] = {}
+_early: dict[str, Any] = {}  # host name -> background.Pending of its connected transport
 
 
 def connect_early(env: Environment) -> None:
     """Start the SSH handshake with the environment's first host (when it has an ``ssh`` block)."""
+    from .background import Pending
+
     if env.embedded or not env.hosts or env.hosts[0].ssh is None:
         return
     host = env.hosts[0]
-    box: dict[str, Any] = {}
 
-    def work() -> None:
+    def work() -> Transport:
         transport = HostSession(env, host, "-").new_transport()
         try:
             transport.connect()  # type: ignore[attr-defined]
-            box["transport"] = transport
-        except Exception as exc:  # noqa: BLE001 - raised in the foreground, where the run connects
+        except BaseException:
             transport.close()
-            box["error"] = exc
+            raise  # raised in the foreground, where the run connects
+        return transport
 
-    thread = threading.Thread(target=work, name="ssh-early", daemon=True)
-    thread.start()
-    _early[host.name] = (thread, box)
+    _early[host.name] = Pending(work, "ssh-early")
 
 
 def _take_early(host: Host) -> Transport | None:
-    item = _early.pop(host.name, None)
-    if item is None:
+    pending = _early.pop(host.name, None)
+    if pending is None:
         return None
-    thread, box = item
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    transport: Transport | None = box.get("transport")
+    transport: Transport = pending.result()
     return transport
 
 
 def discard_early() -> None:
     """Close what ``connect_early`` opened and nobody took (the plan failed, or was a dry run)."""
     while _early:
-        _name, (thread, box) = _early.popitem()
-        thread.join(timeout=30)
-        if box.get("transport") is not None:
-            box["transport"].close()
+        _name, pending = _early.popitem()
+        with contextlib.suppress(Exception):
+            pending.result(timeout=30).close()

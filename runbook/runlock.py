@@ -43,25 +43,15 @@ class RunLock:
         self.state_dir = state_dir
         self.conn: Any = None
         self.pid = 0  # the lock session's server pid
-        self._ahead: tuple[Any, dict[str, Any]] | None = None
+        self._ahead: Any = None  # background.Pending of the lock's connection (connect_ahead)
 
     def connect_ahead(self, endpoint: Endpoint) -> None:
         """Open the lock's session in a thread now (``acquire`` takes it): its handshake, a few
         round trips, then overlaps the run's other session opening."""
-        import threading
+        from .background import Pending
 
         self.endpoint = endpoint
-        box: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                box["conn"] = self._connect()
-            except Exception as exc:  # noqa: BLE001 - raised by acquire
-                box["error"] = exc
-
-        thread = threading.Thread(target=work, name="run-lock-connect", daemon=True)
-        thread.start()
-        self._ahead = (thread, box)
+        self._ahead = Pending(self._connect, "run-lock-connect")
 
     @property
     def where(self) -> Endpoint:
@@ -75,14 +65,7 @@ class RunLock:
         """Take the lock, or raise GuardRefused naming the holder."""
         ahead, self._ahead = self._ahead, None  # (before release, which would close it)
         self.release()
-        if ahead is not None:
-            thread, box = ahead
-            thread.join()
-            if "error" in box:
-                raise box["error"]
-            self.conn = box["conn"]
-        else:
-            self.conn = self._connect()
+        self.conn = ahead.result() if ahead is not None else self._connect()
         self.pid = int(self.conn.info.backend_pid)
         if self._try():
             return
@@ -140,10 +123,8 @@ class RunLock:
     def release(self) -> None:
         ahead, self._ahead = self._ahead, None
         if ahead is not None:  # opened ahead and never taken (the host could not be reached)
-            ahead[0].join(timeout=30)
-            if ahead[1].get("conn") is not None:
-                with contextlib.suppress(Exception):
-                    ahead[1]["conn"].close()
+            with contextlib.suppress(Exception):
+                ahead.result(timeout=30).close()
         if self.conn is not None:
             with contextlib.suppress(Exception):
                 self.conn.close()

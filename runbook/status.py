@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from . import journal, postgres
+from .background import Pending
 from .backups import folder_of, human_age, human_size, list_backups, on_host
 from .migrations import fmt
 
@@ -34,14 +35,17 @@ def host_status(viewer: Any, host: Any) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         ctx = viewer.context(stack, host)  # its migration backend is bound to this host
         db, transport = ctx.database, ctx.transport
-        with ctx.connect("status") as conn:  # only reads (two round trips: a slow link shows)
+        # The backup listing (a host command) runs while the queries do: on a slow link their
+        # round trips overlap instead of adding up.
+        folder = on_host(folder_of(env), transport)
+        listing = Pending(lambda: list_backups(transport, folder, db.name, env.name), "status-backups")
+        with ctx.connect("status") as conn:  # only reads (two round trips)
             current = postgres.current_revisions(conn)
             with conn.pipeline(), conn.cursor() as holder:
                 holder.execute(postgres.RUN_LOCK_HOLDER_SQL, postgres.RUN_LOCK)
                 sessions = postgres.sessions(conn, runbook=True)  # syncs: the holder's answer comes along
                 run_lock = _holder_fact(holder.fetchone())
-        folder = on_host(folder_of(env), transport)
-        found = list_backups(transport, folder, db.name, env.name)
+        found = listing.result()
         # with alembic.remote the history is read on this host
         pending = ctx.migrations.pending(current, "heads")
         heads = ctx.migrations.heads()
