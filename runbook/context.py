@@ -120,7 +120,8 @@ class Context:
         return postgres.connect(self.endpoint, purpose=f"{name} {self.run_id}", **kw)
 
     def current(self) -> tuple[str, ...]:
-        """alembic_version read back from the database, on a connection of its own."""
+        """alembic_version read back from the database (on the run's shared session), kept in
+        ``last_read``."""
         from . import postgres
 
         with self.connect("read") as conn:

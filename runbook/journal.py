@@ -131,11 +131,6 @@ def record(state_dir: Path, run_id: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine."""
-    return _alive(pid)
-
-
 def _alive(pid: int) -> bool:
     if pid <= 0:
         return False

@@ -83,18 +83,14 @@ class RunLock:
         raise GuardRefused(f"another runbook run is in progress on {self.where.dbname}: {describe(holder, self.state_dir)}",
                            step="run_lock")
 
-    def held_by_query(self, name: str) -> tuple[str, dict[str, Any]]:
-        """The query that, run on the run's shared session, names it ``name`` and answers whether
-        the lock is still held: one round trip per step for both (``held``)."""
-        return HELD_BY_SQL, {"name": name, "classid": RUN_LOCK[0], "objid": RUN_LOCK[1], "pid": self.pid}
-
     def held(self, conn: Any, name: str) -> bool:
         """Whether this run still holds the lock (its session alive, the lock granted to it),
         asked on ``conn`` (another session: the lock's own may be the one that is gone), which
         is named ``name`` by the same query."""
         if self.conn is None or not self.pid:
             return False
-        row = conn.execute(*self.held_by_query(name)).fetchone()
+        row = conn.execute(HELD_BY_SQL, {"name": name, "classid": RUN_LOCK[0], "objid": RUN_LOCK[1],
+                                         "pid": self.pid}).fetchone()
         return bool(row and row[1])
 
     def holder(self) -> str:

@@ -67,6 +67,7 @@ class Transport(abc.ABC):
     # Marks every command this transport starts (see job_script): the engine sets the run id, so
     # a reconnect or the next run can find and stop what a lost connection left running.
     tag: str = "-"
+    commands = 0  # commands run so far (each costs a round trip at least): see ``counters``
 
     @abc.abstractmethod
     def run(self, command: str, *, env: Mapping[str, str] | None = None,
@@ -109,18 +110,16 @@ class Transport(abc.ABC):
         """Round trips so far, by kind (``host_commands``; SSH adds tunnel and SFTP figures)."""
         return {"host_commands": self.commands}
 
-    commands = 0  # commands run (each is a round trip at least)
-
-    def kill_jobs(self, tag: str) -> int:
-        """Stop every command still running on the host under ``tag`` (a run id); returns how many
-        processes were signalled. For what a cut link (not a closed one) left behind."""
+    def kill_jobs(self, tag: str) -> bool:
+        """Stop every command still running on the host under ``tag`` (a run id); True if there
+        was any. For what a cut link (not a closed one) left behind."""
         if not re.fullmatch(r"[\w.:-]+", tag):
-            return 0
+            return False
         # "runbook-jo[b] TAG" matches the jobs' command lines, never this command's own.
         pattern = f"{JOB_MARK[:-1]}[{JOB_MARK[-1]}] {tag}( |$)"
         result = self.run(f"pkill -TERM -f -- {shlex.quote(pattern)} && echo killed", check=False,
                           timeout=30, tag="reaper")
-        return 1 if "killed" in result.stdout else 0
+        return "killed" in result.stdout
 
     def __enter__(self) -> "Transport":
         return self

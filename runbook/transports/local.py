@@ -119,9 +119,7 @@ class LocalTransport(Transport):
             try:
                 # An existing file keeps its old mode through O_CREAT: narrow it before writing.
                 os.fchmod(fd, mode)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                _write_all(fd, data)
             finally:
                 os.close(fd)
         except OSError as exc:

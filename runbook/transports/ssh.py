@@ -102,7 +102,7 @@ class SSHTransport(Transport):
                                overrides={"load_ssh_configs": False})
         conn = fabric.Connection(
             self.host, user=self.user, port=self.port, config=config, gateway=False,
-            forward_agent=False, inline_ssh_env=True,
+            forward_agent=False,
             # The timeout goes in connect_kwargs: Fabric's connect_timeout is cast to int (0.5 -> 0 -> none).
             connect_kwargs={"key_filename": self.key_path, "look_for_keys": False, "allow_agent": False,
                             "timeout": self.connect_timeout, "banner_timeout": self.connect_timeout,
