@@ -81,13 +81,14 @@ def execute(inventory_path: Path, env_name: str, playbook_name: str, options: An
 
     import contextlib
 
-    from .hostsession import discard_early
+    from . import early
+    from .journal import new_run_id
 
     log.configure(json_stdout=options.json, tty=sys.stderr.isatty())
     with interrupts.installed(on_ignored=_signal_ignored), contextlib.ExitStack() as cleanup:
-        cleanup.callback(discard_early)  # an early SSH connection nobody took (see connect_early)
+        cleanup.callback(early.discard)  # what was opened early and nobody took (see early.py)
         try:
-            plan = _plan(inventory_path, env_name, playbook_name, options)
+            plan = _plan(inventory_path, env_name, playbook_name, options, new_run_id())
             if playbook_name == "status":
                 from .status import render as status
 
@@ -133,25 +134,27 @@ def log_safe(text: str) -> str:
 class Plan:
     """Everything loaded and validated before anything connects."""
 
-    def __init__(self, env: Any, playbook: Any, migrations: Any) -> None:
+    def __init__(self, env: Any, playbook: Any, migrations: Any, run_id: str) -> None:
         self.env = env
         self.playbook = playbook
         self.migrations = migrations
+        self.run_id = run_id  # also names the sessions opened early
 
 
-def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any) -> Plan:
+def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any, run_id: str) -> Plan:
     from . import inventory, playbook
     from .errors import ConfigError
     from .log import REDACTOR
     from .migrations import backend_for
     from . import verifyfiles as verify
 
-    from .hostsession import connect_early
+    from .early import connect_early
 
     inv = inventory.load(inventory_path)
     env = inv.environment(env_name)
     REDACTOR.add(*env.secrets())
-    connect_early(env)  # the SSH handshake runs while the rest of the plan is validated
+    # SSH, the tunnel and the sessions open while the rest of the plan is validated (early.py)
+    connect_early(env, run_id, lock=playbook_name != "status" and not options.dry_run)
     # status is built in: read-only, no run lock, no journal of its own
     pb = None if playbook_name == "status" else playbook.load(playbook.find(playbook_name, inv.path.parent))
     migrations = backend_for(env)
@@ -175,7 +178,7 @@ def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any)
 
         check_window(env, pb)
     _confirm(env, options, pb)
-    return Plan(env, pb, migrations)
+    return Plan(env, pb, migrations, run_id)
 
 
 def _confirm(env: Any, options: Any, pb: Any) -> None:
@@ -205,7 +208,7 @@ def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
     from .outcome import NEEDS_PERSON, Outcome, code_of, status_of_error
 
     env = plan.env
-    run_id = journal_mod.new_run_id()
+    run_id = plan.run_id
     jr = journal_mod.Journal(env.state_dir, run_id, env.name, plan.playbook.name, argv)
     RUN_LOG.open(jr.log_path)
     jr.save()

@@ -169,7 +169,7 @@ def render(plan: Any, options: Any) -> int:
 
     env = plan.env
     target = options.to or _playbook_target(plan.playbook)
-    viewer = Viewer(env, plan.playbook, options or Options(), plan.migrations)
+    viewer = Viewer(env, plan.playbook, options or Options(), plan.migrations, plan.run_id)
     report = {"env": env.name, "playbook": plan.playbook.name,
               "steps": [s.describe() for s in plan.playbook.steps],
               "on_failure": [s.describe() for s in plan.playbook.on_failure],

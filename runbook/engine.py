@@ -105,6 +105,9 @@ class Engine:
                     if self.playbook.kinds() - {"backup", "prune", "shell", "restore"} else {}
                 self.log.info("run_started", playbook=self.playbook.name, playbook_file=str(self.playbook.path),
                               revision=fmt(ctx.start), **heads)
+                from .steps.migrate import prepare
+
+                prepare(ctx, self.playbook.steps)
                 outcome = self._run_steps(ctx)
                 with interrupts.shielded():
                     with contextlib.suppress(Exception):

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 
 import structlog
 
+from . import early
 from .errors import ConnectError
 from .inventory import Database, Environment, Host
 from .postgres import Endpoint
@@ -46,12 +47,15 @@ class HostSession:
         self.endpoint: Endpoint | None = None
         self._shared: Any = None  # the run's database session on this host (see ``db``)
         self._shared_name = ""
+        self._ahead: dict[tuple[Any, ...], tuple[Endpoint, Any]] = {}  # see ``prepare_engine``
+        self._early_lock: Any = None  # the run lock's session, opened early (``early``)
 
     # -- opening --------------------------------------------------------------------------------
     def open(self, *, announce: bool = False,
-             on_tunnel: Callable[[Endpoint], None] | None = None) -> "HostSession":
-        """Reach the host; ``on_tunnel`` is called once the tunnel is up, before the shared session
-        is opened (the run lock's session then connects alongside it)."""
+             on_tunnel: Callable[[Endpoint, Any], None] | None = None) -> "HostSession":
+        """Reach the host; ``on_tunnel(endpoint, lock_conn)`` is called once the tunnel is up, before
+        the shared session is opened (the run lock's session then connects alongside it), with the
+        run lock's session if one was opened early (``early``), else None."""
         try:
             self.database = self._database()
             if announce:
@@ -62,7 +66,8 @@ class HostSession:
             self._connect()
             if on_tunnel is not None:
                 assert self.endpoint is not None
-                on_tunnel(self.endpoint)
+                on_tunnel(self.endpoint, self._early_lock)
+            self._early_lock = None
             self.check_reachable()
         except BaseException:
             self.close()
@@ -109,7 +114,12 @@ class HostSession:
     def _connect(self) -> None:
         db = self.database
         assert db is not None
-        transport = _take_early(self.host) or self.new_transport()
+        got = early.take(self.host)
+        if got is not None and got.tunnel is not None and got.endpoint is not None:
+            self.transport, self.tunnel, self.endpoint = got.transport, got.tunnel, got.endpoint
+            self._shared, self._shared_name, self._early_lock = got.shared, "connect", got.lock_conn
+            return
+        transport = self.new_transport()
         transport.tag = self.run_id
         try:
             tunnel = transport.tunnel(db.host, db.port)
@@ -189,6 +199,53 @@ class HostSession:
                 self._shared.close()
         self._shared = None
 
+    # -- a connection ahead -----------------------------------------------------------------------
+    def prepare_engine(self, purpose: str, settings: dict[str, str]) -> None:
+        """Open, in the background, the SQLAlchemy engine and connection a coming Alembic run will
+        take (``take_engine``): the connection (about five round trips) and SQLAlchemy's first-
+        connect queries (about nine) then overlap the steps before it instead of adding to them.
+        The connection holds no lock and no transaction while it waits."""
+        from . import postgres
+        from .background import Pending
+
+        assert self.endpoint is not None
+        endpoint = self.endpoint
+
+        def work() -> Any:
+            eng = postgres.engine(endpoint, purpose=purpose, settings=settings, keep=True)
+            try:
+                with eng.connect():
+                    pass  # opened, initialised, and back in the pool
+            except BaseException:
+                eng.dispose()
+                raise
+            return eng
+
+        self._ahead[(purpose, *sorted(settings.items()))] = (endpoint, Pending(work, "db-ahead"))
+
+    def take_engine(self, purpose: str, settings: dict[str, str]) -> Any | None:
+        """The engine ``prepare_engine`` opened for exactly this purpose and these settings, or None
+        (none was, it failed, or the tunnel changed since): the caller then opens its own."""
+        item = self._ahead.pop((purpose, *sorted(settings.items())), None)
+        if item is None:
+            return None
+        endpoint, pending = item
+        try:
+            eng = pending.result()
+        except Exception as exc:  # noqa: BLE001 - the caller connects itself and reports its error
+            self.log.debug("connection_ahead_failed", error=str(exc).strip()[:200])
+            return None
+        if endpoint != self.endpoint:
+            eng.dispose()
+            return None
+        return eng
+
+    def _drop_ahead(self) -> None:
+        while self._ahead:
+            _key, (_endpoint, pending) = self._ahead.popitem()
+            with contextlib.suppress(Exception):
+                pending.result(timeout=15).dispose()
+
     # -- losing it ------------------------------------------------------------------------------
     def alive(self) -> bool:
         """Whether the database answers through the current tunnel (a fresh session, 5 s at most)."""
@@ -233,6 +290,11 @@ class HostSession:
         self.log.info("reconnected")
 
     def _disconnect(self) -> None:
+        if self._early_lock is not None:
+            with contextlib.suppress(Exception):
+                self._early_lock.close()
+            self._early_lock = None
+        self._drop_ahead()
         self._drop_shared()
         if self.tunnel is not None:
             with contextlib.suppress(Exception):
@@ -260,59 +322,16 @@ class Viewer:
     """What ``status`` and ``--dry-run`` need: the plan, and a way to reach each host read-only,
     without a run, a run lock or a journal (their sessions are named by a run id of their own)."""
 
-    def __init__(self, env: Environment, playbook: Any, options: Any, migrations: Any) -> None:
+    def __init__(self, env: Environment, playbook: Any, options: Any, migrations: Any,
+                 run_id: str | None = None) -> None:
         from .journal import new_run_id
 
         self.env = env
         self.playbook = playbook
         self.options = options
         self.migrations = migrations
-        self.run_id = new_run_id()
+        self.run_id = run_id or new_run_id()
 
     def context(self, stack: contextlib.ExitStack, host: Host) -> Any:
         session = stack.enter_context(HostSession(self.env, host, self.run_id).open())
         return session.context(self.options, None, self.migrations)
-
-
-# -- connecting early ---------------------------------------------------------------------------
-# The SSH handshake (about six round trips: a third of a second on a 50 ms link) runs in a thread
-# while the plan is validated (imports, the Alembic project, verification files): it touches
-# nothing on the host, and nothing runs there before the plan is complete. Its error (an unknown
-# host key, a refused login) is raised where the run connects, after any error of the plan.
-_early: dict[str, Any] = {}  # host name -> background.Pending of its connected transport
-
-
-def connect_early(env: Environment) -> None:
-    """Start the SSH handshake with the environment's first host (when it has an ``ssh`` block)."""
-    from .background import Pending
-
-    if env.embedded or not env.hosts or env.hosts[0].ssh is None:
-        return
-    host = env.hosts[0]
-
-    def work() -> Transport:
-        transport = HostSession(env, host, "-").new_transport()
-        try:
-            transport.connect()  # type: ignore[attr-defined]
-        except BaseException:
-            transport.close()
-            raise  # raised in the foreground, where the run connects
-        return transport
-
-    _early[host.name] = Pending(work, "ssh-early")
-
-
-def _take_early(host: Host) -> Transport | None:
-    pending = _early.pop(host.name, None)
-    if pending is None:
-        return None
-    transport: Transport = pending.result()
-    return transport
-
-
-def discard_early() -> None:
-    """Close what ``connect_early`` opened and nobody took (the plan failed, or was a dry run)."""
-    while _early:
-        _name, pending = _early.popitem()
-        with contextlib.suppress(Exception):
-            pending.result(timeout=30).close()

@@ -226,6 +226,9 @@ class MigrationBackend(abc.ABC):
                 on_apply: OnApply | None = None) -> None:
         """Upgrade or downgrade on the bound host with these session settings (one try)."""
 
+    def prepare(self, direction: str, settings: dict[str, str]) -> None:
+        """Get ready, in the background, for a coming ``migrate`` with these settings (if it helps)."""
+
     @abc.abstractmethod
     def verify_file(self, revision: str) -> Path:
         """A local path holding the verification checks of ``revision`` (may not exist)."""
@@ -341,6 +344,11 @@ class Migrations(MigrationBackend):
         return buf.getvalue()
 
     # -- online -------------------------------------------------------------------------------
+    def prepare(self, direction: str, settings: dict[str, str]) -> None:
+        """The connection ``migrate`` will use, opened while the steps before it run."""
+        ctx = self._bound()
+        ctx.session.prepare_engine(f"{direction} {ctx.run_id}", settings)
+
     def migrate(self, direction: str, target: str, *, settings: dict[str, str],
                 on_apply: OnApply | None = None) -> None:
         from . import postgres
@@ -350,7 +358,8 @@ class Migrations(MigrationBackend):
 
         ctx = self._bound()
         purpose = f"{direction} {ctx.run_id}"
-        eng = postgres.engine(ctx.endpoint, purpose=purpose, settings=settings)
+        eng = ctx.session.take_engine(purpose, settings) or \
+            postgres.engine(ctx.endpoint, purpose=purpose, settings=settings)
         try:
             with self._app_environment(with_password=True, settings=settings, purpose=purpose) as url, \
                     policy(pg_ms(ctx.locks.concurrently_timeout), ctx.log):

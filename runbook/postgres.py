@@ -69,13 +69,47 @@ def connect(ep: Endpoint, *, purpose: str, autocommit: bool = True,
     return conn
 
 
-def engine(ep: Endpoint, *, purpose: str, settings: dict[str, str] | None = None) -> Any:
-    """A SQLAlchemy engine whose connections come from ``connect`` (no URL holds the password)."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import NullPool
+def engine(ep: Endpoint, *, purpose: str, settings: dict[str, str] | None = None, keep: bool = False) -> Any:
+    """A SQLAlchemy engine whose connections come from ``connect`` (no URL holds the password).
 
-    return create_engine("postgresql+psycopg://", poolclass=NullPool,
-                         creator=lambda: connect(ep, purpose=purpose, autocommit=False, settings=settings))
+    ``keep``: the pool keeps one connection between uses (one opened ahead, while earlier steps
+    run: see ``HostSession.prepare_engine``) and, before handing it out, checks it without a round
+    trip (``quiet``); one that is not is replaced by a new connection.
+    """
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.pool import NullPool, QueuePool
+
+    def creator() -> Any:
+        return connect(ep, purpose=purpose, autocommit=False, settings=settings)
+
+    if not keep:
+        return create_engine("postgresql+psycopg://", poolclass=NullPool, creator=creator)
+    eng = create_engine("postgresql+psycopg://", poolclass=QueuePool, pool_size=1, max_overflow=4,
+                        creator=creator)
+    event.listen(eng, "checkout", _checkout_quiet)
+    return eng
+
+
+def _checkout_quiet(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    from sqlalchemy.exc import DisconnectionError
+
+    if not quiet(dbapi_conn):
+        raise DisconnectionError("the kept connection is closed or the server spoke: a new one")  # pool retries
+
+
+def quiet(conn: Any) -> bool:
+    """Whether an idle psycopg connection is usable as far as can be told without a round trip:
+    open, not broken, and nothing arrived on its socket (a session the server ended gets an error
+    message and then EOF; an idle healthy one gets nothing)."""
+    import select
+
+    if conn.closed or conn.broken:
+        return False
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
 
 
 def pgpass_line(ep_host: str, port: int, dbname: str, user: str, password: str) -> str:

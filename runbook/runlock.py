@@ -45,12 +45,19 @@ class RunLock:
         self.pid = 0  # the lock session's server pid
         self._ahead: Any = None  # background.Pending of the lock's connection (connect_ahead)
 
-    def connect_ahead(self, endpoint: Endpoint) -> None:
+    def connect_ahead(self, endpoint: Endpoint, conn: Any = None) -> None:
         """Open the lock's session in a thread now (``acquire`` takes it): its handshake, a few
-        round trips, then overlaps the run's other session opening."""
+        round trips, then overlaps the run's other session opening. ``conn``: a session already
+        opened for it (``early``), which ``acquire`` takes instead if it is still usable."""
         from .background import Pending
 
         self.endpoint = endpoint
+        if conn is not None and postgres.quiet(conn):
+            self._ahead = Pending(lambda: conn, "run-lock-connect")
+            return
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
         self._ahead = Pending(self._connect, "run-lock-connect")
 
     @property

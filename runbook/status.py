@@ -108,7 +108,7 @@ def render(plan: Any, options: Any) -> int:
     from .hostsession import Viewer
 
     env = plan.env
-    viewer = Viewer(env, plan.playbook, options or Options(), plan.migrations)
+    viewer = Viewer(env, plan.playbook, options or Options(), plan.migrations, plan.run_id)
     report = {"env": env.name, "hosts": [host_status(viewer, h) for h in env.hosts],
               "runs": runs_summary(env)}
     if options.json:

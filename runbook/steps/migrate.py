@@ -121,6 +121,23 @@ def upgrade(ctx: Context, params: Any) -> dict[str, Any]:
     return facts
 
 
+def prepare(ctx: Context, steps: Any) -> None:
+    """Before the first step: the playbook's upgrade, if it will apply something, gets its database
+    connection opened in the background while the steps before it (the backup) run. Its first try's
+    settings, so the try takes it; a retry, with other settings, opens its own."""
+    from ..retry import lock_timeout_for
+
+    first = next((s for s in steps if s.kind == "upgrade"), None)
+    if first is None or ctx.options.dry_run:
+        return
+    try:
+        if not ctx.migrations.pending(ctx.start, ctx.options.to or first.params.to):
+            return
+    except Exception:  # noqa: BLE001 - the step itself reports it
+        return
+    ctx.migrations.prepare("upgrade", ctx.settings(lock_timeout_for(1, ctx.locks.lock_timeout)))
+
+
 def irreversible(ctx: Context, rev: Revision) -> bool:
     """A revision whose downgrade is missing, empty (``pass``), raising or declared irreversible."""
     return ctx.migrations.irreversible(rev)
