@@ -32,7 +32,7 @@ def _writable(folder: Path) -> bool:
 
 def check(sched: Any) -> list[Path]:
     """Refuse (ConfigError, exit 2) before anything is written; the unit paths to write."""
-    from .schedule import marker
+    from .systemdunits import marker
 
     paths = [sched.unit_dir / f"{sched.name}.service", sched.unit_dir / f"{sched.name}.timer"]
     for path in paths:

@@ -27,7 +27,6 @@ import json
 import os
 import re
 import shlex
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +34,9 @@ from typing import Any, Callable
 
 from .errors import ConfigError
 from .inventory import DAYS
+from .cronline import crontab_text
+from .systemdunits import env_template, exec_word, executable, path_value, service_text, timer_text
+from .units import span
 from .windowtimes import CronTimes, Lengths, cron_times, lengths
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -44,17 +46,6 @@ MIN_RUN = 60.0
 SYSTEM_UNITS = Path("/etc/systemd/system")
 SYSTEM_SECRETS = Path("/etc/runbook")
 DAY_NAMES = {"mon": "Mon", "tue": "Tue", "wed": "Wed", "thu": "Thu", "fri": "Fri", "sat": "Sat", "sun": "Sun"}
-
-
-def span(seconds: float) -> str:
-    """A duration as systemd writes one (``1h 30min``); also readable by a person."""
-    left = int(round(seconds))
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
-        if left >= size:
-            parts.append(f"{left // size}{unit}")
-            left %= size
-    return " ".join(parts) or "0s"
 
 
 @dataclass(frozen=True)
@@ -99,43 +90,6 @@ def timing(env: Any, where: Callable[[list[str]], tuple[str, int | None]], today
     return Timing(found, reserve, found.shortest - reserve, rule)
 
 
-def _exec_word(word: str) -> str:
-    """One ``ExecStart=`` word: specifiers (``%``) and variables (``$``) kept literal, quoted when it
-    holds a space, a quote, a backslash or a ``;``."""
-    word = word.replace("%", "%%").replace("$", "$$")
-    if not word or re.search(r"[\s\"'\\;]", word):
-        word = '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return word
-
-
-def _path_value(path: Path, what: str) -> str:
-    """A path as the value of ``WorkingDirectory=``/``EnvironmentFile=`` (specifiers escaped)."""
-    text = str(path)
-    if any(ord(c) < 32 or c == "\\" for c in text):
-        raise ConfigError(f"{what} {text!r} holds a control character or a backslash: "
-                          "it cannot be written into a unit file")
-    return text.replace("%", "%%")
-
-
-def executable() -> list[str]:
-    """The runbook command in use, absolute: the ``runbook`` script that was started, or this
-    Python with ``-m runbook`` (symlinks kept: a virtualenv is found through its bin/ path)."""
-    argv0 = sys.argv[0] if sys.argv else ""
-    if argv0 and os.path.basename(argv0) != "__main__.py" and os.path.isfile(argv0) \
-            and os.access(argv0, os.X_OK):
-        return [os.path.abspath(argv0)]
-    return [os.path.abspath(sys.executable), "-m", "runbook"]
-
-
-def run_user() -> str:
-    """Who the system unit runs as: the user running ``schedule`` (behind sudo: the one who ran sudo)."""
-    import pwd
-
-    if os.getuid() == 0 and os.environ.get("SUDO_USER"):
-        return os.environ["SUDO_USER"]
-    return pwd.getpwuid(os.getuid()).pw_name
-
-
 @dataclass
 class Schedule:
     """Everything ``schedule`` prints and ``--install`` writes."""
@@ -163,11 +117,6 @@ class Schedule:
     @property
     def commands(self) -> list[str]:
         return [f"{self.systemctl} daemon-reload", f"{self.systemctl} enable --now {self.name}.timer"]
-
-
-def marker(env: str, playbook: str) -> str:
-    """The line that says a unit file is ``schedule``'s (``--install`` rewrites only those)."""
-    return f"# runbook schedule: env={env} playbook={playbook}"
 
 
 def build(inv: Any, env: Any, playbook_name: str, options: Any, today: Any) -> Schedule:
@@ -211,125 +160,27 @@ def build(inv: Any, env: Any, playbook_name: str, options: Any, today: Any) -> S
     if not env_file.is_absolute():
         raise ConfigError(f"XDG_CONFIG_HOME must be an absolute path, not '{env_file}'")
     variables = list(env.secret_vars())
-    workdir = _path_value(inv_path.parent, "the inventory's folder")
-    env_file_value = _path_value(env_file, "the environment file")
-    _path_value(inv_path, "the inventory")
+    workdir = path_value(inv_path.parent, "the inventory's folder")
+    env_file_value = path_value(env_file, "the environment file")
+    path_value(inv_path, "the inventory")
     cmd = [*executable(), "--inventory", str(inv_path), "--yes"]
-    exec_start = " ".join(_exec_word(w) for w in [*cmd, "--json", env_name, playbook_name])
+    exec_start = " ".join(exec_word(w) for w in [*cmd, "--json", env_name, playbook_name])
     days = [DAY_NAMES[d] for d in DAYS if d in window.days]
     start = datetime.strptime(window.start, "%H:%M")
     day_part = "" if len(days) == 7 else ",".join(days) + " "
     on_calendar = f"{day_part}*-*-* {start:%H:%M}:00 {window.tz}"
     written = f"{','.join(window.days)} {window.start}-{window.end} {window.tz}"
     origin = f"written by `runbook --inventory {shlex.quote(str(inv_path))} {env_name} schedule {playbook_name}`"
-    secrets = ", ".join(variables) or "none today"
-    service = "\n".join([
-        f"# {name}.service: {origin}",
-        marker(env_name, playbook_name),
-        "[Unit]",
-        f"Description=runbook {env_name} {playbook_name} (maintenance window {written})",
-        *([] if user_mode else ["Wants=network-online.target", "After=network-online.target"]),
-        "",
-        "[Service]",
-        "Type=oneshot",
-        *([] if user_mode else [f"User={run_user()}"]),
-        f"WorkingDirectory={workdir}",
-        f"# The passwords ({secrets}) come from this file (mode 0600): never from this unit.",
-        f"EnvironmentFile={env_file_value}",
-        "Environment=PYTHONUNBUFFERED=1",
-        f"ExecStart={exec_start}",
-        "StandardOutput=journal",
-        "StandardError=journal",
-        f"SyslogIdentifier={name}",
-        "# The run's limit (RuntimeMaxSec= has no effect on Type=oneshot): the window's shortest length",
-        f"# ({span(tm.lengths.shortest)}) less the rollback's reserve ({span(tm.reserve)}; {tm.reserve_rule}).",
-        "# Then SIGTERM: runbook fails the step, rolls back and exits 1 (3 if a person is needed).",
-        f"TimeoutStartSec={span(tm.runtime)}",
-        "TimeoutStartFailureMode=terminate",
-        "# The rollback's time: SIGKILL only after this, at the window's end.",
-        f"TimeoutStopSec={span(tm.reserve)}",
-        "# SIGTERM to runbook alone (it stops its own commands, and a second signal never abandons",
-        "# its rollback); the final SIGKILL, after TimeoutStopSec, to whatever is left.",
-        "KillMode=mixed",
-        "KillSignal=SIGTERM",
-        "SendSIGHUP=no",
-        "SendSIGKILL=yes",
-        "",
-    ])
-    timer = "\n".join([
-        f"# {name}.timer: {origin}",
-        marker(env_name, playbook_name),
-        "[Unit]",
-        f"Description=Start runbook {env_name} {playbook_name} when its maintenance window opens ({written})",
-        "",
-        "[Timer]",
-        f"# {window.start} in {window.tz}, whatever this machine's time zone",
-        f"OnCalendar={on_calendar}",
-        "AccuracySec=1s",
-        "RandomizedDelaySec=0",
-        "# A missed window is not caught up later: the stop time counts from the window's start, and",
-        "# the window guard refuses a start outside the window anyway (exit 4).",
-        "Persistent=false",
-        f"Unit={name}.service",
-        "",
-        "[Install]",
-        "WantedBy=timers.target",
-        "",
-    ])
-    template = "\n".join([
-        f"# The secrets of runbook environment '{env_name}', read by {name}.service (EnvironmentFile=)",
-        "# and by its crontab line (sh). Mode 0600. One NAME='value' per line: single quotes keep $, \\",
-        "# and spaces literal for both systemd and sh (a value holding ' cannot be written so).",
-        *[f"{v}=" for v in variables],
-        "",
-    ])
+    service = service_text(name, env_name, playbook_name, origin, written, workdir, env_file_value, exec_start,
+                           variables, tm, user_mode)
+    timer = timer_text(name, env_name, playbook_name, origin, written, on_calendar, window)
+    template = env_template(env_name, variables)
     cron = cron_times(window, today)
-    crontab = _crontab(cmd, env_name, playbook_name, inv_path.parent, env_file, tm, cron, window)
+    crontab = crontab_text(cmd, env_name, playbook_name, inv_path.parent, env_file, tm, cron, window)
     sched = Schedule(name, env_name, playbook_name, user_mode, unit_dir, service, timer, env_file, variables,
                      template, crontab, on_calendar, tm, cron)
     sched.notes.extend(_notes(sched, window, user_mode))
     return sched
-
-
-def _crontab(cmd: list[str], env_name: str, playbook_name: str, workdir: Path, env_file: Path, tm: Timing,
-             cron: CronTimes, window: Any) -> str:
-    """The crontab line, and the comments that say what cron cannot do."""
-    from .windowtimes import machine_zone
-
-    written = f"{','.join(window.days)} {window.start}-{window.end} {window.tz}"
-    start = datetime.strptime(window.start, "%H:%M").strftime("%H:%M")
-    run = " ".join(shlex.quote(w) for w in [
-        "timeout", "--preserve-status", "--signal=TERM", f"--kill-after={int(tm.reserve)}s", f"{int(tm.runtime)}s",
-        *cmd, env_name, playbook_name])
-    # cron starts a job whose time the clocks skipped at the end of the gap, and a converted time
-    # drifts by an hour when the two zones change their clocks on different days: a start late in
-    # the window would run past its end with this stop time, so the line starts only on time.
-    on_time = (f"[ \"$(TZ={shlex.quote(window.tz)} date +%H:%M)\" = {start} ] || "
-               f"{{ echo {shlex.quote(f'runbook: not started: it is not {start} in {window.tz} (a clock change)')} "
-               ">&2; exit 4; }")
-    command = (f"{on_time}; cd {shlex.quote(str(workdir))} && set -a && . {shlex.quote(str(env_file))} && "
-               f"set +a && exec {run}").replace("%", "\\%")  # cron turns a bare % into a newline
-    zone = machine_zone()
-    first = cron.local_first
-    lines = [
-        f"# runbook {env_name} {playbook_name}: window {written}. cron runs in this machine's time zone",
-        f"# ({zone}), so the start is converted: the next one is {first:%a %Y-%m-%d %H:%M} here.",
-        f"# The line starts runbook only if it is {start} in {window.tz} (else exit 4, nothing run).",
-    ]
-    if cron.wrong_from is not None:
-        lines += [f"# WARNING: from {cron.wrong_from} the window opens at another time here ({zone} and "
-                  f"{window.tz} change",
-                  "# their clocks on different days) and this line starts nothing: run `schedule` again",
-                  "# then, or use the systemd timer, which follows the window's zone."]
-    lines += [
-        "# cron has no stop time of its own: timeout(1) sends SIGTERM after "
-        f"{span(tm.runtime)} (runbook rolls back), SIGKILL {span(tm.reserve)} later.",
-        f"# The secrets come from {env_file} (sourced; this line holds none). Output: cron's mail",
-        "# (MAILTO) and the run log under .runbook/runs/ next to the inventory.",
-    ]
-    for minute, hour, dows in cron.fields:
-        lines.append(f"{minute} {hour} * * {','.join(str(d) for d in dows)} {command}")
-    return "\n".join(lines) + "\n"
 
 
 def _notes(s: Schedule, window: Any, user_mode: bool) -> list[str]:
