@@ -164,7 +164,8 @@ def build(inv: Any, env: Any, playbook_name: str, options: Any, today: Any) -> S
     env_file_value = path_value(env_file, "the environment file")
     path_value(inv_path, "the inventory")
     cmd = [*executable(), "--inventory", str(inv_path), "--yes"]
-    exec_start = " ".join(exec_word(w) for w in [*cmd, "--json", env_name, playbook_name])
+    exec_start = " ".join(exec_word(w, command=i == 0) for i, w in enumerate([*cmd, "--json", env_name,
+                                                                              playbook_name]))
     days = [DAY_NAMES[d] for d in DAYS if d in window.days]
     start = datetime.strptime(window.start, "%H:%M")
     day_part = "" if len(days) == 7 else ",".join(days) + " "

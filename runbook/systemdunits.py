@@ -23,10 +23,13 @@ def marker(env: str, playbook: str) -> str:
     return f"# runbook schedule: env={env} playbook={playbook}"
 
 
-def exec_word(word: str) -> str:
-    """One ``ExecStart=`` word: specifiers (``%``) and variables (``$``) kept literal, quoted when it
-    holds a space, a quote, a backslash or a ``;``."""
-    word = word.replace("%", "%%").replace("$", "$$")
+def exec_word(word: str, command: bool = False) -> str:
+    """One ``ExecStart=`` word: specifiers (``%``) and, in an argument, variables (``$``) kept literal
+    (systemd expands no variable in the command's own path, and reads ``$$`` there as two), quoted
+    when it holds a space, a quote, a backslash or a ``;``."""
+    word = word.replace("%", "%%")
+    if not command:
+        word = word.replace("$", "$$")
     if not word or re.search(r"[\s\"'\\;]", word):
         word = '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return word
@@ -83,9 +86,8 @@ def service_text(name: str, env_name: str, playbook_name: str, origin: str, writ
         f"SyslogIdentifier={name}",
         "# The run's limit (RuntimeMaxSec= has no effect on Type=oneshot): the window's shortest length",
         f"# ({span(tm.lengths.shortest)}) less the rollback's reserve ({span(tm.reserve)}; {tm.reserve_rule}).",
-        "# Then SIGTERM: runbook fails the step, rolls back and exits 1 (3 if a person is needed).",
+        "# Then SIGTERM (KillSignal=): runbook fails the step, rolls back and exits 1 (3: a person is needed).",
         f"TimeoutStartSec={span(tm.runtime)}",
-        "TimeoutStartFailureMode=terminate",
         "# The rollback's time: SIGKILL only after this, at the window's end.",
         f"TimeoutStopSec={span(tm.reserve)}",
         "# SIGTERM to runbook alone (it stops its own commands, and a second signal never abandons",

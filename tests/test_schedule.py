@@ -181,7 +181,8 @@ def test_units_pass_systemd_analyze_verify(ops: Path, tmp_path: Path, window: di
 
 def test_exec_start_is_the_runbook_in_use(ops: Path, tmp_path: Path) -> None:
     """ExecStart names the runbook that was started (its absolute path; `python -m runbook` as
-    such), the absolute inventory, --yes --json; verify checks that the executable exists."""
+    such), the absolute inventory, --yes --json. `verify` checks that the executable exists, so a
+    path with a space, a % and a $ proves it is escaped as systemd reads it."""
     write_inventory(ops, prod=environment(BERLIN))
     data = schedule_json(ops)
     inventory = str(ops / "inventory.yaml")
@@ -189,14 +190,21 @@ def test_exec_start_is_the_runbook_in_use(ops: Path, tmp_path: Path) -> None:
         f'{sys.executable} -m runbook --inventory "{inventory}" --yes --json prod migrate')
     script = Path(sys.executable).parent / "runbook"
     assert script.is_file(), "the venv's runbook script"
-    data = schedule_json(ops, runbook=[str(script)])
+    odd = tmp_path / "bin 100%x $y"
+    odd.mkdir()
+    (odd / "runbook").symlink_to(script)
+    data = schedule_json(ops, runbook=[str(odd / "runbook")])
     assert unit_value(data["service"]["text"], "ExecStart") == (
-        f'{script} --inventory "{inventory}" --yes --json prod migrate')
+        f'"{tmp_path}/bin 100%%x $y/runbook" --inventory "{inventory}" --yes --json prod migrate')
     (tmp_path / "units").mkdir()
     paths = [tmp_path / "units" / f"runbook-prod-migrate.{kind}" for kind in ("service", "timer")]
     for path, kind in zip(paths, ("service", "timer")):
         path.write_text(data[kind]["text"])
     verify(paths, tmp_path)
+    # the same unit with the path left unescaped is what verify refuses
+    paths[0].write_text(data["service"]["text"].replace("100%%x", "100%x"))
+    with pytest.raises(AssertionError, match="specifiers"):
+        verify(paths, tmp_path)
 
 
 # --------------------------------------------------------------------------- when the timer fires
