@@ -46,7 +46,7 @@ def check(sched: Any) -> list[Path]:
             if not ours:
                 raise ConfigError(f"{path} exists and was not written by `runbook {sched.env} schedule "
                                   f"{sched.playbook}`: not overwritten (remove it first if it is stale)")
-    for folder in {sched.unit_dir, sched.env_file.parent}:
+    for folder in (sched.unit_dir, sched.env_file.parent):
         if not _writable(folder):
             hint = "" if sched.user_mode else " (system units need root; or use --user)"
             raise ConfigError(f"cannot write to {folder}{hint}")

@@ -509,3 +509,14 @@ def test_install_and_user_belong_to_schedule(ops: Path) -> None:
     assert result.returncode == 2 and "--install and --user only apply to" in result.stderr
     result = schedule(ops, "prod", "migrate", "extra")
     assert result.returncode == 2 and "unexpected extra argument 'extra'" in result.stderr
+
+
+def test_install_refuses_a_folder_it_cannot_write(ops: Path, tmp_path: Path) -> None:
+    """A units folder that cannot be made is one line, exit 2, and the secrets file is not created
+    either (everything is checked before the first write)."""
+    write_inventory(ops, prod=environment(BERLIN))
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    result = schedule(ops, "prod", "schedule", "migrate", "--install", "--user", xdg=blocker / "config")
+    assert one_error_line(result) == f"cannot write to {blocker / 'config' / 'systemd' / 'user'}"
+    assert blocker.read_text() == "" and sorted(tmp_path.rglob("*.env")) == []
