@@ -32,9 +32,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from .cronline import crontab_text
 from .errors import ConfigError
 from .inventory import DAYS
-from .cronline import crontab_text
 from .systemdunits import env_template, exec_word, executable, path_value, service_text, timer_text
 from .units import span
 from .windowtimes import CronTimes, Lengths, cron_times, lengths
