@@ -18,7 +18,7 @@ import click
 ALEMBIC_STEPS = frozenset({"upgrade", "downgrade", "check_locks", "verify", "rollback"})
 
 EPILOG = """\b
-Playbooks: migrate, rollback, status, backup, verify (files in playbooks/).
+Playbooks: migrate, rollback, status, backup, verify (files in playbooks/); schedule PLAYBOOK.
 \b
 Exit codes:
   0  done, verified
@@ -42,11 +42,15 @@ a second signal does not abandon the rollback.
 @click.option("--dry-run", is_flag=True, help="Show the plan, the SQL and the locks it takes; change nothing.")
 @click.option("--restore", metavar="BACKUP", is_flag=False, flag_value="newest", default=None,
               help="rollback: restore BACKUP (default: the newest verified backup).")
+@click.option("--install", is_flag=True, help="schedule: write the units and the secrets' file template "
+              "(never enables them).")
+@click.option("--user", is_flag=True, help="schedule: units of your user's systemd, not the system's.")
 @click.argument("env")
 @click.argument("playbook")
+@click.argument("args", nargs=-1)
 @click.version_option(package_name="runbook")
 def cli(inventory_path: str, yes: bool, json_out: bool, to: str | None, dry_run: bool,
-        restore: str | None, env: str, playbook: str) -> None:
+        restore: str | None, install: bool, user: bool, env: str, playbook: str, args: tuple[str, ...]) -> None:
     """Run PLAYBOOK against the databases of environment ENV.
 
     \b
@@ -55,13 +59,31 @@ def cli(inventory_path: str, yes: bool, json_out: bool, to: str | None, dry_run:
       runbook prod rollback            incident: back to where the last migrate started (asks first)
       runbook prod rollback --restore  incident: restore the newest verified backup (asks first)
       runbook prod status              revisions, pending, last runs, backups, lock holders now
+      runbook prod schedule migrate    systemd timer + service (and a crontab line) for the window
       runbook local migrate            the embedded default: a throwaway local PostgreSQL
     """
     from .context import Options
 
-    options = Options(to=to, dry_run=dry_run, yes=yes, restore=restore, json=json_out)
+    options = Options(to=to, dry_run=dry_run, yes=yes, restore=restore, json=json_out, install=install, user=user)
+    if playbook == "schedule":  # built in, like status: no journal, no connection, no run lock
+        sys.exit(_schedule(Path(inventory_path), env, args, options))
+    if args:
+        raise click.UsageError(f"unexpected extra argument '{args[0]}'")
+    if install or user:
+        raise click.UsageError("--install and --user only apply to: runbook ENV schedule PLAYBOOK")
     code = execute(Path(inventory_path), env, playbook, options, argv=sys.argv[1:])
     sys.exit(code)
+
+
+def _schedule(inventory_path: Path, env: str, args: tuple[str, ...], options: Any) -> int:
+    from .errors import RunbookError
+    from .schedule import command
+
+    try:
+        return command(inventory_path, env, args, options, echo=click.echo)
+    except RunbookError as exc:
+        _error(options, exc)
+        return exc.exit_code
 
 
 def _say(options: Any, text: str, *, err: bool = False) -> None:

@@ -22,6 +22,8 @@ class Options:
     yes: bool = False
     restore: str | None = None
     json: bool = False
+    install: bool = False  # schedule: write the units (never enable them)
+    user: bool = False     # schedule: the user's systemd instance, not the system's
 
 
 @dataclass

@@ -62,6 +62,7 @@ class WindowConfig(_Model):
     start: str
     end: str
     tz: str = "UTC"
+    reserve: Duration | None = None  # the end of the window kept for a rollback (``schedule``)
 
     @field_validator("start", "end")
     @classmethod

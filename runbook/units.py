@@ -31,3 +31,14 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 def pg_ms(seconds: float) -> str:
     """A duration as a PostgreSQL setting value in milliseconds (``'5000ms'``)."""
     return f"{max(1, int(round(seconds * 1000)))}ms"
+
+
+def span(seconds: float) -> str:
+    """A duration as systemd writes one (``1h 30min``); also readable by a person."""
+    left = int(round(seconds))
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        if left >= size:
+            parts.append(f"{left // size}{unit}")
+            left %= size
+    return " ".join(parts) or "0s"
