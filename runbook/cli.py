@@ -176,7 +176,8 @@ def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any,
     env = inv.environment(env_name)
     REDACTOR.add(*env.secrets())
     # SSH, the tunnel and the sessions open while the rest of the plan is validated (early.py)
-    connect_early(env, run_id, lock=playbook_name != "status" and not options.dry_run)
+    connect_early(env, run_id, lock=playbook_name != "status" and not options.dry_run,
+                  name="status" if playbook_name == "status" else "connect")
     # status is built in: read-only, no run lock, no journal of its own
     pb = None if playbook_name == "status" else playbook.load(playbook.find(playbook_name, inv.path.parent))
     migrations = backend_for(env)

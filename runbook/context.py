@@ -121,6 +121,15 @@ class Context:
         name = f"{self.step}/{purpose}" if self.step and self.step != purpose else purpose
         return postgres.connect(self.endpoint, purpose=f"{name} {self.run_id}", **kw)
 
+    def current_at_start(self) -> tuple[str, ...]:
+        """alembic_version as read by the step's first round trip, together with the run-lock
+        check (``HostSession.begin_step``), before the step did anything; read now if there is none."""
+        revisions, self.session.step_revisions = self.session.step_revisions, None
+        if revisions is None:
+            return self.current()
+        self.last_read = revisions
+        return revisions
+
     def current(self) -> tuple[str, ...]:
         """alembic_version read back from the database (on the run's shared session), kept in
         ``last_read``."""
