@@ -18,7 +18,7 @@ import click
 ALEMBIC_STEPS = frozenset({"upgrade", "downgrade", "check_locks", "verify", "rollback"})
 
 EPILOG = """\b
-Playbooks: migrate, rollback, status, backup, verify (files in playbooks/).
+Playbooks: migrate, rollback, backup, verify (files in playbooks/); built in: status, history.
 \b
 Exit codes:
   0  done, verified
@@ -42,11 +42,14 @@ a second signal does not abandon the rollback.
 @click.option("--dry-run", is_flag=True, help="Show the plan, the SQL and the locks it takes; change nothing.")
 @click.option("--restore", metavar="BACKUP", is_flag=False, flag_value="newest", default=None,
               help="rollback: restore BACKUP (default: the newest verified backup).")
+@click.option("--ignore-window", is_flag=True,
+              help="Run outside the maintenance window (or past its end) on purpose; logged as such.")
+@click.option("--limit", metavar="N", default=None, help="history: the N newest runs (default 20).")
 @click.argument("env")
 @click.argument("playbook")
 @click.version_option(package_name="runbook")
 def cli(inventory_path: str, yes: bool, json_out: bool, to: str | None, dry_run: bool,
-        restore: str | None, env: str, playbook: str) -> None:
+        restore: str | None, ignore_window: bool, limit: str | None, env: str, playbook: str) -> None:
     """Run PLAYBOOK against the databases of environment ENV.
 
     \b
@@ -55,11 +58,13 @@ def cli(inventory_path: str, yes: bool, json_out: bool, to: str | None, dry_run:
       runbook prod rollback            incident: back to where the last migrate started (asks first)
       runbook prod rollback --restore  incident: restore the newest verified backup (asks first)
       runbook prod status              revisions, pending, last runs, backups, lock holders now
+      runbook prod history             past runs: outcome, duration, revisions, backup, who and how
       runbook local migrate            the embedded default: a throwaway local PostgreSQL
     """
     from .context import Options
 
-    options = Options(to=to, dry_run=dry_run, yes=yes, restore=restore, json=json_out)
+    options = Options(to=to, dry_run=dry_run, yes=yes, restore=restore, json=json_out,
+                      ignore_window=ignore_window, limit=limit)
     code = execute(Path(inventory_path), env, playbook, options, argv=sys.argv[1:])
     sys.exit(code)
 
@@ -87,6 +92,10 @@ def execute(inventory_path: Path, env_name: str, playbook_name: str, options: An
     with interrupts.installed(on_ignored=_signal_ignored), contextlib.ExitStack() as cleanup:
         cleanup.callback(discard_early)  # an early SSH connection nobody took (see connect_early)
         try:
+            if playbook_name == "history":  # built in: read from the journal, no host, no password
+                from .history import render as history
+
+                return history(inventory_path, env_name, options)
             plan = _plan(inventory_path, env_name, playbook_name, options)
             if playbook_name == "status":
                 from .status import render as status
@@ -133,10 +142,11 @@ def log_safe(text: str) -> str:
 class Plan:
     """Everything loaded and validated before anything connects."""
 
-    def __init__(self, env: Any, playbook: Any, migrations: Any) -> None:
+    def __init__(self, env: Any, playbook: Any, migrations: Any, refusal: Any = None) -> None:
         self.env = env
         self.playbook = playbook
         self.migrations = migrations
+        self.refusal = refusal  # a guard's refusal, journaled by the run (nothing is touched)
 
 
 def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any) -> Plan:
@@ -150,6 +160,8 @@ def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any)
 
     inv = inventory.load(inventory_path)
     env = inv.environment(env_name)
+    if options.limit is not None:
+        raise ConfigError("--limit only applies to history")
     REDACTOR.add(*env.secrets())
     connect_early(env)  # the SSH handshake runs while the rest of the plan is validated
     # status is built in: read-only, no run lock, no journal of its own
@@ -170,12 +182,15 @@ def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any)
             and not sys.stdin.isatty():
         raise ConfigError(f"'{playbook_name}' needs --yes when there is no terminal to confirm on "
                           "(it says what it will do and asks before acting)")
-    if not options.dry_run:
-        from .guards import check_window
+    refusal = None
+    if not options.dry_run and not options.ignore_window:
+        from .guards import outside_window
 
-        check_window(env, pb)
-    _confirm(env, options, pb)
-    return Plan(env, pb, migrations)
+        # refused by the run, in its journal, before it connects; there is nothing to confirm
+        refusal = outside_window(env, pb)
+    if refusal is None:
+        _confirm(env, options, pb)
+    return Plan(env, pb, migrations, refusal)
 
 
 def _confirm(env: Any, options: Any, pb: Any) -> None:
@@ -215,6 +230,8 @@ def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
         try:
             logger.info("run_requested", playbook=plan.playbook.name, playbook_file=str(plan.playbook.path),
                         to=options.to, hosts=[h.name for h in env.hosts], log=str(jr.log_path))
+            if plan.refusal is not None:
+                raise plan.refusal
             outcome = Engine(env, plan.playbook, options, jr, plan.migrations, **kwargs).run()
         except (RunbookError, interrupts.Interrupted) as exc:
             with interrupts.shielded():

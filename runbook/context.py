@@ -22,6 +22,8 @@ class Options:
     yes: bool = False
     restore: str | None = None
     json: bool = False
+    ignore_window: bool = False  # run outside the maintenance window (or past its end) on purpose
+    limit: str | None = None  # history: how many runs (parsed by the command that reads it)
 
 
 @dataclass
