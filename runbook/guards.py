@@ -174,10 +174,11 @@ class WindowGuard:
         window = self.env.config.window
         now = self.clock()
         closes = closes_at(window, now)
-        left = (closes - now.astimezone(timezone.utc)).total_seconds() if closes is not None else None
+        # one rounding for the log, the journal and the refusal: they say the same figures
+        left = round((closes - now.astimezone(timezone.utc)).total_seconds(), 1) if closes is not None else None
         fact = {"estimate_s": round(est.seconds, 1), "source": est.source, "basis": est.basis,
                 "window": describe(window), "closes": closes.isoformat() if closes else None,
-                "left_s": round(left, 1) if left is not None else None}
+                "left_s": left}
         self.journal.host(host)["window"] = fact
         self.log.info("window_estimate", **fact)
         if left is None or left >= est.seconds:
