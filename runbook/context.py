@@ -24,6 +24,8 @@ class Options:
     json: bool = False
     install: bool = False  # schedule: write the units (never enable them)
     user: bool = False     # schedule: the user's systemd instance, not the system's
+    ignore_window: bool = False  # run outside the maintenance window (or past its end) on purpose
+    limit: str | None = None  # history: how many runs (parsed by the command that reads it)
 
 
 @dataclass
