@@ -107,10 +107,12 @@ def execute(inventory_path: Path, env_name: str, playbook_name: str, options: An
     from .journal import new_run_id
 
     log.configure(json_stdout=options.json, tty=sys.stderr.isatty())
+    known: dict[str, Any] = {}  # what _plan learnt before it refused: the environment, the playbook
+    run_id = new_run_id()  # also names a run refused at plan time (_refused)
     with interrupts.installed(on_ignored=_signal_ignored), contextlib.ExitStack() as cleanup:
         cleanup.callback(early.discard)  # what was opened early and nobody took (see early.py)
         try:
-            plan = _plan(inventory_path, env_name, playbook_name, options, new_run_id())
+            plan = _plan(inventory_path, env_name, playbook_name, options, run_id, known)
             if playbook_name == "status":
                 from .status import render as status
 
@@ -120,6 +122,9 @@ def execute(inventory_path: Path, env_name: str, playbook_name: str, options: An
 
                 return render(plan, options)
         except RunbookError as exc:
+            if "env" in known and playbook_name != "status" and not options.dry_run:
+                with interrupts.shielded():
+                    _refused(known["env"], known.get("playbook"), playbook_name, exc, argv or [], run_id)
             _error(options, exc)
             return exc.exit_code
         except interrupts.Interrupted as exc:  # before anything was touched
@@ -163,7 +168,8 @@ class Plan:
         self.run_id = run_id  # also names the sessions opened early
 
 
-def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any, run_id: str) -> Plan:
+def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any, run_id: str,
+          known: dict[str, Any] | None = None) -> Plan:
     from . import inventory, playbook
     from .errors import ConfigError
     from .log import REDACTOR
@@ -175,10 +181,17 @@ def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any,
     inv = inventory.load(inventory_path)
     env = inv.environment(env_name)
     REDACTOR.add(*env.secrets())
+    known = {} if known is None else known
+    known["env"] = env
     # SSH, the tunnel and the sessions open while the rest of the plan is validated (early.py)
     connect_early(env, run_id, lock=playbook_name != "status" and not options.dry_run)
     # status is built in: read-only, no run lock, no journal of its own
     pb = None if playbook_name == "status" else playbook.load(playbook.find(playbook_name, inv.path.parent))
+    known["playbook"] = pb
+    if pb is not None and not options.dry_run:
+        from .notify import check
+
+        check(env, inv)  # the webhook's variable, before a refusal would need it
     migrations = backend_for(env)
     # a backup needs no Alembic: not loading it keeps a backup's fixed cost ~0.2 s lower
     needs_alembic = pb is None or bool(pb.kinds() & ALEMBIC_STEPS) or options.dry_run
@@ -236,10 +249,15 @@ def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
     jr.save()
     logger = structlog.get_logger("runbook")
     kwargs = {"sleep": sleep} if sleep is not None else {}
+    started = None
     with structlog.contextvars.bound_contextvars(run_id=run_id, env=env.name):
         try:
             logger.info("run_requested", playbook=plan.playbook.name, playbook_file=str(plan.playbook.path),
                         to=options.to, hosts=[h.name for h in env.hosts], log=str(jr.log_path))
+            if env.config.notify:
+                from .notify import Notifier
+
+                started = Notifier(env).started(jr.record, jr.log_path)  # in the background
             outcome = Engine(env, plan.playbook, options, jr, plan.migrations, **kwargs).run()
         except (RunbookError, interrupts.Interrupted) as exc:
             with interrupts.shielded():
@@ -249,6 +267,7 @@ def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
                     jr.record.setdefault("interrupted", {"signal": exc.name, "step": None})
                 logger.error("run_finished", exit_code=code, status=status, error=str(exc))
                 jr.finish(status, code)
+                _after(env, jr.record, jr.log_path, code, str(exc), getattr(exc, "hint", None), started)
                 RUN_LOG.close()
                 if isinstance(exc, interrupts.Interrupted):
                     _say(options, f"runbook: {exc} before anything was touched", err=True)
@@ -260,6 +279,8 @@ def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
             with interrupts.shielded():
                 logger.exception("internal_error")
                 jr.finish("internal_error", NEEDS_PERSON)
+                _after(env, jr.record, jr.log_path, NEEDS_PERSON, f"internal error: {type(exc).__name__}: {exc}",
+                       f"runbook {env.name} status", started)
                 RUN_LOG.close()
                 if not isinstance(exc, Exception):
                     raise
@@ -275,9 +296,54 @@ def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
             logger.info("run_finished", exit_code=outcome.code, status=outcome.status,
                         message=outcome.message, next=outcome.next_command)
             jr.finish(outcome.status, outcome.code)
+        _after(env, jr.record, jr.log_path, outcome.code, outcome.message, outcome.next_command, started)
     RUN_LOG.close()
     _report(options, outcome, jr)
     return outcome.code
+
+
+def _after(env: Any, record: dict[str, Any], log_path: Any, code: int, message: str | None,
+           next_command: str | None, started: Any = None) -> None:
+    """What the world outside learns of a run once its journal is final: the metrics file, the
+    webhook. Neither changes the outcome; each logs its own failure; the wait is bounded."""
+    if env.config.metrics:
+        from . import metrics
+
+        metrics.write(env)
+    if env.config.notify:
+        from .notify import Notifier
+
+        Notifier(env).finished(record, code, log_path=log_path, message=message, next_command=next_command,
+                               started=started)
+
+
+def _refused(env: Any, pb: Any, playbook_name: str, exc: Any, argv: list[str], run_id: str) -> None:
+    """A run refused once its environment is known. A guard's refusal (outside the window) is a
+    run that did not happen: it gets a journal record and a run log (status ``refused``, no step),
+    like a run refused by the run lock, so ``status`` and the metrics show it. Bad input (exit 2)
+    is no run: it is only told to the webhook (and the metrics file is rewritten)."""
+    import structlog
+
+    from . import journal as journal_mod
+    from .errors import GuardRefused
+    from .log import RUN_LOG
+
+    if not (isinstance(exc, GuardRefused) and pb is not None):
+        now = journal_mod.now_iso()
+        record = {"run_id": None, "env": env.name, "playbook": pb.name if pb is not None else playbook_name,
+                  "status": "refused", "exit_code": exc.exit_code, "started": now, "finished": now, "hosts": {}}
+        _after(env, record, None, exc.exit_code, str(exc), getattr(exc, "hint", None))
+        return
+    jr = journal_mod.Journal(env.state_dir, run_id, env.name, pb.name, argv)
+    RUN_LOG.open(jr.log_path)
+    try:
+        with structlog.contextvars.bound_contextvars(run_id=jr.run_id, env=env.name):
+            structlog.get_logger("runbook").error("run_finished", exit_code=exc.exit_code, status="refused",
+                                                  error=str(exc))
+            jr.finish("refused", exc.exit_code)
+            _after(env, jr.record, jr.log_path, exc.exit_code, str(exc), exc.hint)
+    finally:
+        RUN_LOG.close()
 
 
 def _report(options: Any, outcome: Any, jr: Any) -> None:
