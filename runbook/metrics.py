@@ -77,7 +77,7 @@ def collect(env: Any) -> dict[str, Any]:
             if key not in last:
                 started, finished = _ts(data.get("started")), _ts(data.get("finished"))
                 last[key] = {"status": status, "exit_code": code, "started": started,
-                             "duration": finished - started if started is not None and finished is not None
+                             "duration": round(finished - started, 3) if started is not None and finished is not None
                              else None}
             if status == "succeeded" and key not in success:
                 when = _ts(data.get("finished"))

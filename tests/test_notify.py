@@ -343,3 +343,24 @@ def test_webhook_variable_is_not_inherited_by_local_commands(local_project: Proj
     assert result.returncode == 0, result.stderr
     assert out.read_text().strip() == "absent"
     assert len(hook.requests) == 1
+
+
+def test_needs_person_is_announced_with_the_next_command(project: Project, hook: Hook) -> None:
+    """A rollback that cannot complete (its backup damaged on the host): exit 3, 'needs_person' with the state and the next command."""
+    from tests.test_failures import FAILING_CHECK, RAISING_DOWN, UP_0003, _corrupt_playbook
+
+    project.start_at_0002()
+    project.add_revision("0003", "0002", UP_0003, RAISING_DOWN, verify=FAILING_CHECK)
+    _corrupt_playbook(project, f'for f in {project.backup_dir}/*.dump; do chmod 000 "$f"; done')
+    _notify(project, "json", on=["needs_person"])
+
+    result = project.run("prod", "migrate", extra_env={VAR: hook.url})
+
+    assert result.returncode == 3, result.stderr
+    body, = hook.bodies()
+    assert (body["event"], body["status"], body["exit_code"]) == ("needs_person", "needs_person", 3)
+    assert body["next"] == "runbook prod status"
+    assert "FAILED and the rollback did not complete" in body["message"] and "is at 0003" in body["message"]
+    host, = body["hosts"]
+    assert (host["revision_from"], host["revision_to"]) == ("0002", "0003")
+    _no_leak(project, result, hook.url)
