@@ -96,8 +96,9 @@ def payload(env: Any, record: dict[str, Any], event: str, *, log_path: Any = Non
                    "revision_from": (hosts.get(name) or {}).get("start_revision"),
                    "revision_to": (hosts.get(name) or {}).get("end_revision"),
                    "backup": ((hosts.get(name) or {}).get("backup") or {}).get("backup_path"),
-                   "exit_code": (hosts.get(name) or {}).get("exit_code"),
-                   "status": (hosts.get(name) or {}).get("status")} for name in names],
+                   # a fleet records each host's own; one host's is the run's
+                   "exit_code": (hosts.get(name) or {}).get("exit_code", record.get("exit_code")),
+                   "status": (hosts.get(name) or {}).get("status", record.get("status"))} for name in names],
         "control_host": record.get("control_host"), "log": str(log_path) if log_path else None,
     }
 

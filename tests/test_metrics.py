@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from runbook import journal, runner
 from tests.fixtures.project import Project
+from tests.test_fleet import second_db  # noqa: F401 - a fixture
 
 BROKEN_0003 = 'op.execute("ALTER TABLE collections ADD COLUMN x no_such_type")'
 RUN = {"env": "prod", "host": "db1"}
@@ -218,3 +219,35 @@ def test_hosts_removed_from_the_inventory_leave_the_file(project: Project, tmp_p
     hosts = {dict(labels).get("host") for (_, labels) in _samples(prom)}
     assert hosts == {"db2"}
     assert os.stat(prom).st_size > 0
+
+
+def test_a_fleet_reports_each_host_as_it_ended(project: Project, tmp_path: Path, second_db: Any) -> None:
+    """tenant-a migrates, tenant-b fails and rolls back: each host's own status, exit code and revision."""
+    from tests.fixtures.project import dump_yaml
+    from tests.test_fleet import _at_0001
+
+    prom = tmp_path / "runbook.prom"
+    _at_0001(project, project.db)
+    _at_0001(project, second_db)
+    project.own_migrations()
+    project.add_revision("0003", "0002", "op.execute('CREATE UNIQUE INDEX uq_documents_title ON documents (title)')",
+                         "op.execute('DROP INDEX uq_documents_title')")
+    second_db.psql("INSERT INTO documents (collection_id, title, content) "
+                   "SELECT collection_id, title, content FROM documents LIMIT 1")  # b cannot take 0003
+    env = project.environment(metrics={"textfile": str(prom)})
+    ssh = project.ssh.inventory_ssh() if project.ssh else None
+    env["hosts"] = [{"name": "tenant-a", "ssh": ssh}, {"name": "tenant-b", "ssh": ssh, "database": {"name": second_db.name}}]
+    project.inventory.write_text(dump_yaml({"environments": {"tenants": env}}))
+
+    result = project.run("tenants", "migrate")
+
+    assert result.returncode == 1, result.stderr
+    samples = _samples(prom)
+    a = {"env": "tenants", "host": "tenant-a"}
+    b = {"env": "tenants", "host": "tenant-b"}
+    assert _get(samples, "runbook_last_run_exit_code", **a, playbook="migrate") == 0
+    assert _get(samples, "runbook_last_run_exit_code", **b, playbook="migrate") == 1
+    assert _get(samples, "runbook_last_success_timestamp_seconds", **a, playbook="migrate") is not None
+    assert _get(samples, "runbook_last_success_timestamp_seconds", **b, playbook="migrate") is None
+    assert _get(samples, "runbook_revision_info", **a, revision="0003") == 1
+    assert _get(samples, "runbook_revision_info", **b, revision="0001") == 1
