@@ -364,3 +364,19 @@ def test_needs_person_is_announced_with_the_next_command(project: Project, hook:
     host, = body["hosts"]
     assert (host["revision_from"], host["revision_to"]) == ("0002", "0003")
     _no_leak(project, result, hook.url)
+
+
+def test_bad_input_once_the_environment_is_known_is_announced(project: Project, hook: Hook) -> None:
+    """rollback without --yes and no terminal: exit 2, nothing touched, no journal; a 'refused' with no run id."""
+    project.upgrade_to("0001")
+    _notify(project, "json")
+
+    result = project.run("prod", "rollback", yes=False, extra_env={VAR: hook.url})
+
+    assert result.returncode == 2, result.stderr
+    assert not (project.dir / ".runbook" / "runs").exists()
+    body, = hook.bodies()
+    assert (body["event"], body["exit_code"], body["run_id"], body["log"], body["playbook"]) == \
+        ("refused", 2, None, None, "rollback")
+    assert "--yes" in body["message"]
+    assert result.stderr.strip().splitlines()[-1].startswith("runbook: error:")
