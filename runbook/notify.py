@@ -61,13 +61,24 @@ def check(env: Any, inv: Any) -> None:
     if not env.webhook:
         raise ConfigError(f"environment variable {cfg.webhook_env} is not set {named}: "
                           "the webhook of this environment's notifications", path=path, line=line)
-    parts = urllib.parse.urlsplit(env.webhook.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if not usable(env.webhook):
         raise ConfigError(f"environment variable {cfg.webhook_env} does not hold an http:// or https:// URL "
                           f"{named}", path=path, line=line)
     from .log import REDACTOR
 
     REDACTOR.add(*secret_parts(env.webhook))
+
+
+def usable(url: str | None) -> bool:
+    """An http(s) URL with a host and a numeric port (if any): the only kind ever sent to."""
+    if not url:
+        return False
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def secret_parts(url: str) -> list[str]:
@@ -86,19 +97,21 @@ def payload(env: Any, record: dict[str, Any], event: str, *, log_path: Any = Non
     """The facts of a run, from its journal record: the JSON form (and the Slack form's source)."""
     hosts = record.get("hosts") or {}
     names = list(hosts) or [h.name for h in env.hosts]  # refused before reaching a host: all of them
+
+    def host(name: str) -> dict[str, Any]:
+        entry = hosts.get(name) or {}
+        return {"name": name, "database": entry.get("database"), "revision_from": entry.get("start_revision"),
+                "revision_to": entry.get("end_revision"), "backup": (entry.get("backup") or {}).get("backup_path"),
+                # a fleet records each host's own; a single host's is the run's
+                "exit_code": entry.get("exit_code", record.get("exit_code")),
+                "status": entry.get("status", record.get("status"))}
+
     return {
         "source": "runbook", "event": event, "env": env.name, "playbook": record.get("playbook"),
         "run_id": record.get("run_id"), "status": record.get("status"), "exit_code": record.get("exit_code"),
         "message": message, "next": next_command,
-        "started": record.get("started"), "finished": record.get("finished"),
-        "duration_s": duration(record),
-        "hosts": [{"name": name, "database": (hosts.get(name) or {}).get("database"),
-                   "revision_from": (hosts.get(name) or {}).get("start_revision"),
-                   "revision_to": (hosts.get(name) or {}).get("end_revision"),
-                   "backup": ((hosts.get(name) or {}).get("backup") or {}).get("backup_path"),
-                   # a fleet records each host's own; one host's is the run's
-                   "exit_code": (hosts.get(name) or {}).get("exit_code", record.get("exit_code")),
-                   "status": (hosts.get(name) or {}).get("status", record.get("status"))} for name in names],
+        "started": record.get("started"), "finished": record.get("finished"), "duration_s": duration(record),
+        "hosts": [host(name) for name in names],
         "control_host": record.get("control_host"), "log": str(log_path) if log_path else None,
     }
 
@@ -225,7 +238,8 @@ class Notifier:
         self.log = structlog.get_logger("runbook")
 
     def wants(self, event: str) -> bool:
-        return self.cfg is not None and bool(self.env.webhook) and event in self.cfg.on
+        # an unusable URL was refused at plan time (check): never try it, its error could quote it
+        return self.cfg is not None and usable(self.env.webhook) and event in self.cfg.on
 
     def _send(self, event: str, facts: dict[str, Any], bound: dict[str, Any]) -> None:
         """Deliver and log the result; never raises (it runs in a thread, or at a run's very end)."""

@@ -288,14 +288,16 @@ def test_missing_or_bad_webhook_variable_is_refused_at_plan_time(project: Projec
 
     unset = project.run("prod", "migrate")
     bad = project.run("prod", "migrate", extra_env={VAR: f"ftp://{TOKEN}"})
+    bad_port = project.run("prod", "migrate", extra_env={VAR: f"https://hooks.example:{TOKEN}/x"})
 
-    for result in (unset, bad):
+    for result in (unset, bad, bad_port):
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr
         assert f"(named by environments.prod.notify.webhook_env)" in result.stderr
         assert str(project.inventory) + ":" in result.stderr
     assert f"environment variable {VAR} is not set" in unset.stderr
-    assert "does not hold an http:// or https:// URL" in bad.stderr and TOKEN not in bad.stderr
+    for result in (bad, bad_port):
+        assert "does not hold an http:// or https:// URL" in result.stderr and TOKEN not in result.stderr
     assert project.state() == before and project.backups() == []
     assert project.run("prod", "status").returncode == 0  # sends nothing: needs no webhook
     assert project.run("prod", "migrate", "--dry-run").returncode == 0
