@@ -382,3 +382,34 @@ def test_bad_input_once_the_environment_is_known_is_announced(project: Project, 
         ("refused", 2, None, None, "rollback")
     assert "--yes" in body["message"]
     assert result.stderr.strip().splitlines()[-1].startswith("runbook: error:")
+
+
+def test_a_signal_ends_the_wait_for_a_hanging_webhook(project: Project) -> None:
+    """SIGTERM while the final notification hangs: the wait is given up, the run keeps its exit code 0."""
+    import signal
+
+    project.upgrade_to("0001")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/services/{TOKEN}?{SIG}"
+    _notify(project, "json", on=["succeeded"], timeout="60s")  # a wait of minutes, unless a signal ends it
+    proc = project.start("prod", "migrate", extra_env={VAR: url})
+    try:
+        project.wait_event("run_finished", proc=proc, timeout=120)
+        # the final notification is under way once its connection is queued on the listener
+        listener.settimeout(60)
+        conn, _ = listener.accept()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+        conn.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        listener.close()
+    assert proc.returncode == 0, out + err
+    gave_up, = [e for e in project.events() if e["event"] == "notify_failed"]
+    assert gave_up["error"] == "gave up waiting: SIGTERM received"
+    assert project.db.alembic_version() == {"0002"}
+    assert TOKEN not in out + err
