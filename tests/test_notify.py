@@ -413,3 +413,14 @@ def test_a_signal_ends_the_wait_for_a_hanging_webhook(project: Project) -> None:
     assert gave_up["error"] == "gave up waiting: SIGTERM received"
     assert project.db.alembic_version() == {"0002"}
     assert TOKEN not in out + err
+
+
+def test_schedule_puts_the_webhook_variable_in_the_environment_file(project: Project) -> None:
+    """`schedule` lists the webhook's variable among the secrets of its EnvironmentFile; the units never hold it."""
+    _notify(project, window={"days": ["sun"], "start": "02:00", "end": "04:00", "tz": "UTC"})
+    result = project.run("prod", "schedule", "migrate", "--json", extra_env={VAR: "http://127.0.0.1:9/" + TOKEN})
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert VAR in printed["environment_file"]["variables"]
+    assert f"{VAR}=" in printed["environment_file"]["template"]
+    assert TOKEN not in result.stdout + result.stderr
