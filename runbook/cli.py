@@ -318,16 +318,19 @@ def _after(env: Any, record: dict[str, Any], log_path: Any, code: int, message: 
 
 
 def _refused(env: Any, pb: Any, playbook_name: str, exc: Any, argv: list[str], run_id: str) -> None:
-    """A run refused once its environment is known. A guard's refusal (outside the window) is a
-    run that did not happen: it gets a journal record and a run log (status ``refused``, no step),
-    like a run refused by the run lock, so ``status`` and the metrics show it. Bad input (exit 2)
-    is no run: it is only told to the webhook (and the metrics file is rewritten)."""
+    """A run refused once its environment is known, for an environment watched by ``notify`` or
+    ``metrics``. A guard's refusal (outside the window) is then a run that did not happen: it gets
+    a journal record and a run log (status ``refused``, no step), like a run refused by the run
+    lock, so the metrics (read from the journal) and the webhook show it. Bad input (exit 2) is no
+    run: it is only told to the webhook. Without either block nothing is left behind, as before."""
     import structlog
 
     from . import journal as journal_mod
     from .errors import GuardRefused
     from .log import RUN_LOG
 
+    if not (env.config.notify or env.config.metrics):
+        return
     if not (isinstance(exc, GuardRefused) and pb is not None):
         now = journal_mod.now_iso()
         record = {"run_id": None, "env": env.name, "playbook": pb.name if pb is not None else playbook_name,
