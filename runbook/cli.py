@@ -18,7 +18,8 @@ import click
 ALEMBIC_STEPS = frozenset({"upgrade", "downgrade", "check_locks", "verify", "rollback"})
 
 EPILOG = """\b
-Playbooks: migrate, rollback, status, backup, verify (files in playbooks/); schedule PLAYBOOK.
+Playbooks: migrate, rollback, backup, verify (files in playbooks/); built in: status, history,
+schedule PLAYBOOK.
 \b
 Exit codes:
   0  done, verified
@@ -45,12 +46,16 @@ a second signal does not abandon the rollback.
 @click.option("--install", is_flag=True, help="schedule: write the units and the secrets' file template "
               "(never enables them).")
 @click.option("--user", is_flag=True, help="schedule: units of your user's systemd, not the system's.")
+@click.option("--ignore-window", is_flag=True,
+              help="Run outside the maintenance window (or past its end) on purpose; logged as such.")
+@click.option("--limit", metavar="N", default=None, help="history: the N newest runs (default 20).")
 @click.argument("env")
 @click.argument("playbook")
 @click.argument("args", nargs=-1)
 @click.version_option(package_name="runbook")
 def cli(inventory_path: str, yes: bool, json_out: bool, to: str | None, dry_run: bool,
-        restore: str | None, install: bool, user: bool, env: str, playbook: str, args: tuple[str, ...]) -> None:
+        restore: str | None, install: bool, user: bool, ignore_window: bool, limit: str | None,
+        env: str, playbook: str, args: tuple[str, ...]) -> None:
     """Run PLAYBOOK against the databases of environment ENV.
 
     \b
@@ -59,12 +64,14 @@ def cli(inventory_path: str, yes: bool, json_out: bool, to: str | None, dry_run:
       runbook prod rollback            incident: back to where the last migrate started (asks first)
       runbook prod rollback --restore  incident: restore the newest verified backup (asks first)
       runbook prod status              revisions, pending, last runs, backups, lock holders now
+      runbook prod history             past runs: outcome, duration, revisions, backup, who and how
       runbook prod schedule migrate    systemd timer + service (and a crontab line) for the window
       runbook local migrate            the embedded default: a throwaway local PostgreSQL
     """
     from .context import Options
 
-    options = Options(to=to, dry_run=dry_run, yes=yes, restore=restore, json=json_out, install=install, user=user)
+    options = Options(to=to, dry_run=dry_run, yes=yes, restore=restore, json=json_out, install=install, user=user,
+                      ignore_window=ignore_window, limit=limit)
     if playbook == "schedule":  # built in, like status: no journal, no connection, no run lock
         sys.exit(_schedule(Path(inventory_path), env, args, options))
     if args:
@@ -108,11 +115,14 @@ def execute(inventory_path: Path, env_name: str, playbook_name: str, options: An
 
     log.configure(json_stdout=options.json, tty=sys.stderr.isatty())
     known: dict[str, Any] = {}  # what _plan learnt before it refused: the environment, the playbook
-    run_id = new_run_id()  # also names a run refused at plan time (_refused)
     with interrupts.installed(on_ignored=_signal_ignored), contextlib.ExitStack() as cleanup:
         cleanup.callback(early.discard)  # what was opened early and nobody took (see early.py)
         try:
-            plan = _plan(inventory_path, env_name, playbook_name, options, run_id, known)
+            if playbook_name == "history":  # built in: read from the journal, no host, no password
+                from .history import render as history
+
+                return history(inventory_path, env_name, options)
+            plan = _plan(inventory_path, env_name, playbook_name, options, new_run_id(), known)
             if playbook_name == "status":
                 from .status import render as status
 
@@ -124,7 +134,7 @@ def execute(inventory_path: Path, env_name: str, playbook_name: str, options: An
         except RunbookError as exc:
             if "env" in known and playbook_name != "status" and not options.dry_run:
                 with interrupts.shielded():
-                    _refused(known["env"], known.get("playbook"), playbook_name, exc, argv or [], run_id)
+                    _refused(known["env"], known.get("playbook"), playbook_name, exc)
             _error(options, exc)
             return exc.exit_code
         except interrupts.Interrupted as exc:  # before anything was touched
@@ -161,11 +171,12 @@ def log_safe(text: str) -> str:
 class Plan:
     """Everything loaded and validated before anything connects."""
 
-    def __init__(self, env: Any, playbook: Any, migrations: Any, run_id: str) -> None:
+    def __init__(self, env: Any, playbook: Any, migrations: Any, run_id: str, refusal: Any = None) -> None:
         self.env = env
         self.playbook = playbook
         self.migrations = migrations
         self.run_id = run_id  # also names the sessions opened early
+        self.refusal = refusal  # a guard's refusal, journaled by the run (nothing is touched)
 
 
 def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any, run_id: str,
@@ -180,11 +191,11 @@ def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any,
 
     inv = inventory.load(inventory_path)
     env = inv.environment(env_name)
+    if options.limit is not None:
+        raise ConfigError("--limit only applies to history")
     REDACTOR.add(*env.secrets())
     known = {} if known is None else known
     known["env"] = env
-    # SSH, the tunnel and the sessions open while the rest of the plan is validated (early.py)
-    connect_early(env, run_id, lock=playbook_name != "status" and not options.dry_run)
     # status is built in: read-only, no run lock, no journal of its own
     pb = None if playbook_name == "status" else playbook.load(playbook.find(playbook_name, inv.path.parent))
     known["playbook"] = pb
@@ -192,6 +203,16 @@ def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any,
         from .notify import check
 
         check(env, inv)  # the webhook's variable, before a refusal would need it
+    refusal = None
+    if not options.dry_run and not options.ignore_window:
+        from .guards import outside_window
+
+        # refused by the run, in its journal, before it connects; there is nothing to confirm
+        refusal = outside_window(env, pb)
+    if refusal is None:
+        # SSH, the tunnel and the sessions open while the rest of the plan is validated (early.py)
+        connect_early(env, run_id, lock=playbook_name != "status" and not options.dry_run,
+                      name="status" if playbook_name == "status" else "connect")
     migrations = backend_for(env)
     # a backup needs no Alembic: not loading it keeps a backup's fixed cost ~0.2 s lower
     needs_alembic = pb is None or bool(pb.kinds() & ALEMBIC_STEPS) or options.dry_run
@@ -208,12 +229,9 @@ def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any,
             and not sys.stdin.isatty():
         raise ConfigError(f"'{playbook_name}' needs --yes when there is no terminal to confirm on "
                           "(it says what it will do and asks before acting)")
-    if not options.dry_run:
-        from .guards import check_window
-
-        check_window(env, pb)
-    _confirm(env, options, pb)
-    return Plan(env, pb, migrations, run_id)
+    if refusal is None:
+        _confirm(env, options, pb)
+    return Plan(env, pb, migrations, run_id, refusal)
 
 
 def _confirm(env: Any, options: Any, pb: Any) -> None:
@@ -254,6 +272,8 @@ def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
         try:
             logger.info("run_requested", playbook=plan.playbook.name, playbook_file=str(plan.playbook.path),
                         to=options.to, hosts=[h.name for h in env.hosts], log=str(jr.log_path))
+            if plan.refusal is not None:
+                raise plan.refusal
             if env.config.notify:
                 from .notify import Notifier
 
@@ -317,36 +337,19 @@ def _after(env: Any, record: dict[str, Any], log_path: Any, code: int, message: 
                                started=started)
 
 
-def _refused(env: Any, pb: Any, playbook_name: str, exc: Any, argv: list[str], run_id: str) -> None:
-    """A run refused once its environment is known, for an environment watched by ``notify`` or
-    ``metrics``. A guard's refusal (outside the window) is then a run that did not happen: it gets
-    a journal record and a run log (status ``refused``, no step), like a run refused by the run
-    lock, so the metrics (read from the journal) and the webhook show it. Bad input (exit 2) is no
-    run: it is only told to the webhook. Without either block nothing is left behind, as before."""
-    import structlog
-
-    from . import journal as journal_mod
-    from .errors import GuardRefused
-    from .log import RUN_LOG
-
-    if not (env.config.notify or env.config.metrics):
+def _refused(env: Any, pb: Any, playbook_name: str, exc: Any) -> None:
+    """Bad input found once the environment is known (a flag, a playbook, a missing --yes): no
+    run, no journal, but the webhook hears of it (``run_id`` null). A guard's refusal is a run:
+    ``_run`` journals it and tells the webhook and the metrics like any other."""
+    if not env.config.notify:
         return
-    if not (isinstance(exc, GuardRefused) and pb is not None):
-        now = journal_mod.now_iso()
-        record = {"run_id": None, "env": env.name, "playbook": pb.name if pb is not None else playbook_name,
-                  "status": "refused", "exit_code": exc.exit_code, "started": now, "finished": now, "hosts": {}}
-        _after(env, record, None, exc.exit_code, str(exc), getattr(exc, "hint", None))
-        return
-    jr = journal_mod.Journal(env.state_dir, run_id, env.name, pb.name, argv)
-    RUN_LOG.open(jr.log_path)
-    try:
-        with structlog.contextvars.bound_contextvars(run_id=jr.run_id, env=env.name):
-            structlog.get_logger("runbook").error("run_finished", exit_code=exc.exit_code, status="refused",
-                                                  error=str(exc))
-            jr.finish("refused", exc.exit_code)
-            _after(env, jr.record, jr.log_path, exc.exit_code, str(exc), exc.hint)
-    finally:
-        RUN_LOG.close()
+    from .journal import now_iso
+    from .notify import Notifier
+
+    now = now_iso()
+    record = {"run_id": None, "env": env.name, "playbook": pb.name if pb is not None else playbook_name,
+              "status": "refused", "exit_code": exc.exit_code, "started": now, "finished": now, "hosts": {}}
+    Notifier(env).finished(record, exc.exit_code, message=str(exc), next_command=getattr(exc, "hint", None))
 
 
 def _report(options: Any, outcome: Any, jr: Any) -> None:

@@ -24,6 +24,8 @@ class Options:
     json: bool = False
     install: bool = False  # schedule: write the units (never enable them)
     user: bool = False     # schedule: the user's systemd instance, not the system's
+    ignore_window: bool = False  # run outside the maintenance window (or past its end) on purpose
+    limit: str | None = None  # history: how many runs (parsed by the command that reads it)
 
 
 @dataclass
@@ -120,6 +122,15 @@ class Context:
             return self.session.db(self.step or purpose)
         name = f"{self.step}/{purpose}" if self.step and self.step != purpose else purpose
         return postgres.connect(self.endpoint, purpose=f"{name} {self.run_id}", **kw)
+
+    def current_at_start(self) -> tuple[str, ...]:
+        """alembic_version as read by the step's first round trip, together with the run-lock
+        check (``HostSession.begin_step``), before the step did anything; read now if there is none."""
+        revisions, self.session.step_revisions = self.session.step_revisions, None
+        if revisions is None:
+            return self.current()
+        self.last_read = revisions
+        return revisions
 
     def current(self) -> tuple[str, ...]:
         """alembic_version read back from the database (on the run's shared session), kept in

@@ -31,7 +31,8 @@ class Early:
     transport: Transport
     tunnel: Tunnel | None = None
     endpoint: Endpoint | None = None
-    shared: Any = None      # the run's shared database session (``HostSession.db``), named "connect"
+    shared: Any = None      # the run's shared database session (``HostSession.db``)
+    name: str = ""          # ... named runbook:<name> <run id>
     lock_conn: Any = None   # the run lock's own session (``RunLock``), not locked yet
 
     def close(self) -> None:
@@ -49,9 +50,9 @@ class Early:
 _early: dict[str, Any] = {}  # host name -> background.Pending of its Early
 
 
-def connect_early(env: Environment, run_id: str, *, lock: bool) -> None:
+def connect_early(env: Environment, run_id: str, *, lock: bool, name: str = "connect") -> None:
     """Start reaching the environment's first host (when it has an ``ssh`` block): SSH, the tunnel,
-    the shared session and, with ``lock``, the run lock's session."""
+    the shared session (named ``runbook:<name> <run id>``) and, with ``lock``, the run lock's session."""
     from . import postgres, runner
     from .background import Pending
     from .hostsession import HostSession
@@ -79,7 +80,8 @@ def connect_early(env: Environment, run_id: str, *, lock: bool) -> None:
         locking = Pending(lambda: postgres.connect(ep, purpose=f"lock {run_id} {runner.token()}"),
                           "run-lock-early") if lock else None
         with contextlib.suppress(Exception):  # the foreground opens it again and says why
-            early.shared = postgres.connect(ep, purpose=f"connect {run_id}")
+            early.shared = postgres.connect(ep, purpose=f"{name} {run_id}")
+            early.name = name
         if locking is not None:
             with contextlib.suppress(Exception):
                 early.lock_conn = locking.result()

@@ -84,7 +84,12 @@ class Engine:
 
     def run_host(self, host: Host) -> Outcome:
         from . import cleanup
+        from .guards import WindowGuard
+        from .journal import now_iso
 
+        self.journal.host(host.name)["started"] = now_iso()
+        window = WindowGuard(self.env, self.playbook, self.journal, ignore=self.options.ignore_window)
+        window.before_connect(host.name)  # outside the window, or too short for past runs: refused
         lock = self._lock = RunLock(None, self.journal.run_id, self.env.state_dir)
         try:
             opened = HostSession(self.env, host, self.journal.run_id, sleep=self.sleep).open(
@@ -95,6 +100,7 @@ class Engine:
         with opened as session:
             ctx = session.context(self.options, self.journal, self.migrations)
             try:
+                window.after_connect(ctx)  # no past runs: the fit from the database's size
                 lock.acquire()
                 if session.created:
                     self._load_sample(ctx)
@@ -116,6 +122,7 @@ class Engine:
                         # the outcome's own read-back is the last thing that happened to the database
                         end = ctx.last_read if ctx.last_read is not None else ctx.current()
                         record["end_revision"] = fmt(end)
+                    record["finished"] = now_iso()
                     self.journal.save()
                 return outcome
             finally:

@@ -49,6 +49,7 @@ class HostSession:
         self._shared_name = ""
         self._ahead: dict[tuple[Any, ...], tuple[Endpoint, Any]] = {}  # see ``prepare_engine``
         self._early_lock: Any = None  # the run lock's session, opened early (``early``)
+        self.step_revisions: tuple[str, ...] | None = None  # alembic_version as the step began
 
     # -- opening --------------------------------------------------------------------------------
     def open(self, *, announce: bool = False,
@@ -117,7 +118,7 @@ class HostSession:
         got = early.take(self.host)
         if got is not None and got.tunnel is not None and got.endpoint is not None:
             self.transport, self.tunnel, self.endpoint = got.transport, got.tunnel, got.endpoint
-            self._shared, self._shared_name, self._early_lock = got.shared, "connect", got.lock_conn
+            self._shared, self._shared_name, self._early_lock = got.shared, got.name, got.lock_conn
             return
         transport = self.new_transport()
         transport.tag = self.run_id
@@ -175,23 +176,29 @@ class HostSession:
             self._drop_shared()
 
     def begin_step(self, name: str, lock: Any) -> bool:
-        """Name the shared session after the step and ask whether the run lock is still held,
-        in one round trip (the first query of every step)."""
+        """The first round trip of every step: name the shared session after the step, ask whether
+        the run lock is still held, and read alembic_version (kept in ``step_revisions``)."""
         from . import postgres
 
         import psycopg
 
         label = f"{postgres.APP_NAME}:{name} {self.run_id}"[:63]
+        query = lock.held_query(label)
         for last_try in (False, True):  # a session broken meanwhile (a restarted server): once more
             try:
                 with self.db(self._shared_name or name) as conn:
-                    held = bool(lock.held(conn, label))
+                    if query is None:
+                        row, revisions = None, postgres.current_revisions(conn)
+                    else:
+                        row, revisions = postgres.then_revisions(conn, *query)
                 break
             except psycopg.OperationalError:
                 if last_try:
                     raise
-        self._shared_name = name
-        return held
+        # at base (no alembic_version) the renaming was undone with the failed read: again next time
+        self._shared_name = name if revisions or query is None else "?"
+        self.step_revisions = revisions
+        return lock.held_in(row)
 
     def _drop_shared(self) -> None:
         if self._shared is not None:

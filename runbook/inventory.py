@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import yamlfile
 from .errors import ConfigError
@@ -83,6 +83,12 @@ class WindowConfig(_Model):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone '{value}' (e.g. UTC, Europe/Paris)") from None
         return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "WindowConfig":
+        if self.start == self.end:  # never open: surely not what was meant (all day is 00:00-23:59)
+            raise ValueError(f"start and end are both {self.start}: a window of no time")
+        return self
 
 
 class LocksConfig(_Model):
@@ -266,13 +272,22 @@ class Inventory:
     def names(self) -> list[str]:
         return list(self.file.environments)
 
-    def environment(self, name: str, environ: dict[str, str] | None = None) -> Environment:
-        environ = dict(os.environ) if environ is None else environ
+    def config_of(self, name: str) -> EnvironmentConfig:
+        """An environment's keys as written (no host resolved, no password read)."""
         envs = self.file.environments
         if name not in envs:
             known = ", ".join(sorted(envs)) or "none"
             raise ConfigError(f"unknown environment '{name}' (defined: {known})", path=str(self.path))
-        cfg = envs[name]
+        return envs[name]
+
+    @property
+    def state_dir(self) -> Path:
+        """``.runbook/`` next to the inventory: run journals and logs, the embedded cluster."""
+        return self.path.parent / ".runbook"
+
+    def environment(self, name: str, environ: dict[str, str] | None = None) -> Environment:
+        environ = dict(os.environ) if environ is None else environ
+        cfg = self.config_of(name)
         base = self.path.parent
         prefix: list[Any] = ["environments", name]
         if not cfg.embedded and not cfg.hosts:
@@ -318,7 +333,7 @@ class Inventory:
         # Read here, checked by the runs that would send (notify.check): status and --dry-run
         # send nothing, so an operator's shell without the variable can still use them.
         webhook = (environ.get(cfg.notify.webhook_env) or None) if cfg.notify else None
-        return Environment(name, cfg, tuple(hosts), self.path, alembic_ini, base / ".runbook", webhook)
+        return Environment(name, cfg, tuple(hosts), self.path, alembic_ini, self.state_dir, webhook)
 
     def _own_textfile(self, cfg: EnvironmentConfig, name: str) -> None:
         """Each environment rewrites its whole metrics file after each run: two sharing one would

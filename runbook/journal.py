@@ -68,6 +68,7 @@ class Journal:
             "status": RUNNING, "exit_code": None,
             "started": now_iso(), "finished": None,
             **runner.identity(),  # control_host, machine_id, boot_id, pid, pid_start
+            "started_by": runner.invocation(),  # user, sudo_user, control_host, how (terminal, cron, systemd)
             "current_step": None, "steps": [], "hosts": {},
         }
 

@@ -219,6 +219,25 @@ def touching(session: Session, tables: Iterable[str]) -> bool:
     return any(lock.split(":")[0].split(".")[-1] in wanted for lock in session.locks)
 
 
+def then_revisions(conn: Any, sql: str, params: Any) -> tuple[Any, tuple[str, ...]]:
+    """``sql``'s first row, then the rows of alembic_version, in one round trip (pipelined, on an
+    autocommit session): the revisions are read after ``sql`` ran. A missing table (base) is the
+    error that says so; it comes after ``sql``'s answer, so that stays good (but a setting ``sql``
+    made with ``set_config`` is undone with the failed implicit transaction)."""
+    import psycopg
+
+    with conn.pipeline() as pipeline:
+        first, revs = conn.cursor(), conn.cursor()
+        first.execute(sql, params)
+        try:
+            revs.execute("SELECT version_num FROM alembic_version ORDER BY 1")
+            pipeline.sync()  # (an error can also arrive while the second is queued)
+        except psycopg.errors.UndefinedTable:
+            pipeline.sync()  # the rest of the answers
+            return first.fetchone(), ()
+        return first.fetchone(), tuple(r[0] for r in revs.fetchall())
+
+
 def current_revisions(conn: Any) -> tuple[str, ...]:
     """The rows of alembic_version (empty when the table does not exist: base).
 

@@ -90,14 +90,17 @@ class RunLock:
         raise GuardRefused(f"another runbook run is in progress on {self.where.dbname}: {describe(holder, self.state_dir)}",
                            step="run_lock")
 
-    def held(self, conn: Any, name: str) -> bool:
-        """Whether this run still holds the lock (its session alive, the lock granted to it),
-        asked on ``conn`` (another session: the lock's own may be the one that is gone), which
-        is named ``name`` by the same query."""
+    def held_query(self, name: str) -> tuple[str, dict[str, Any]] | None:
+        """The query (and its parameters) asking, on another session (the lock's own may be the one
+        that is gone), whether this run still holds the lock: its session alive, the lock granted
+        to it. It also names the session it runs on ``name``. None: no lock taken, so not held."""
         if self.conn is None or not self.pid:
-            return False
-        row = conn.execute(HELD_BY_SQL, {"name": name, "classid": RUN_LOCK[0], "objid": RUN_LOCK[1],
-                                         "pid": self.pid}).fetchone()
+            return None
+        return HELD_BY_SQL, {"name": name, "classid": RUN_LOCK[0], "objid": RUN_LOCK[1], "pid": self.pid}
+
+    @staticmethod
+    def held_in(row: Any) -> bool:
+        """The answer to ``held_query``, from its row."""
         return bool(row and row[1])
 
     def holder(self) -> str:

@@ -52,6 +52,81 @@ def identity() -> dict[str, Any]:
             "pid": pid, "pid_start": start_time(pid)}
 
 
+CRON = frozenset({"cron", "crond", "anacron", "fcron"})
+
+
+def invocation(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Who started this run and how, for the journal (``runbook ENV history``).
+
+    ``how`` is ``terminal`` (a terminal on stdin, stdout or stderr: a person), ``cron`` (a cron
+    daemon among this process's ancestors), ``systemd`` (``INVOCATION_ID``/``JOURNAL_STREAM``, set by
+    systemd for the processes of a unit; the unit is read from this process's cgroup) or ``other``
+    (a script, ssh without a terminal, CI). A terminal wins over systemd's variables, which a
+    terminal started by a systemd user session inherits; cron is told by the process tree, as cron
+    builds its jobs' environment itself.
+    """
+    environ = os.environ if environ is None else environ
+    tty = next((name for name in map(_tty_name, (0, 1, 2)) if name), None)
+    unit = None
+    if tty:
+        how = "terminal"
+    elif _cron_ancestor():
+        how = "cron"
+    elif environ.get("INVOCATION_ID") or environ.get("JOURNAL_STREAM"):
+        how, unit = "systemd", _systemd_unit()
+    else:
+        how = "other"
+    return {"user": _user(), "uid": os.getuid(), "sudo_user": environ.get("SUDO_USER") or None,
+            "control_host": socket.gethostname(), "how": how, "tty": tty, "unit": unit}
+
+
+def _tty_name(fd: int) -> str | None:
+    try:
+        return os.ttyname(fd) if os.isatty(fd) else None
+    except OSError:
+        return None
+
+
+def _user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a uid without a passwd entry (a container)
+        return os.environ.get("USER") or os.environ.get("LOGNAME") or str(os.getuid())
+
+
+def _cron_ancestor(limit: int = 16) -> bool:
+    """Whether a cron daemon started this process (cron -> cron -> sh -c ... -> runbook)."""
+    pid = os.getppid()
+    for _ in range(limit):
+        if pid <= 1:
+            return False
+        stat = _read(f"/proc/{pid}/stat")
+        if not stat or ")" not in stat:
+            return False
+        comm = stat[stat.index("(") + 1: stat.rindex(")")]
+        if comm in CRON:
+            return True
+        try:
+            pid = int(stat.rsplit(")", 1)[-1].split()[1])  # field 4: the parent's pid
+        except (IndexError, ValueError):
+            return False
+    return False
+
+
+def _systemd_unit() -> str | None:
+    """``runbook-migrate.service``: the innermost unit of this process's cgroup (v2 or v1's systemd line)."""
+    for line in _read("/proc/self/cgroup").splitlines():
+        hierarchy, _, path = line.partition(":")
+        controllers, _, path = path.partition(":")
+        if controllers in ("", "name=systemd"):
+            units = [part for part in path.split("/") if part.endswith((".service", ".scope"))]
+            if units:
+                return units[-1]
+    return None
+
+
 def token() -> str:
     """A short form for an application_name (63 bytes): machine id prefix, pid, start time."""
     me = identity()

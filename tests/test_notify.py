@@ -425,11 +425,3 @@ def test_schedule_puts_the_webhook_variable_in_the_environment_file(project: Pro
     assert f"{VAR}=" in printed["environment_file"]["template"]
     assert TOKEN not in result.stdout + result.stderr
 
-
-def test_without_notify_or_metrics_a_refusal_leaves_nothing(project: Project) -> None:
-    """The journal record of a window refusal is for the watchers: without notify or metrics, none is written."""
-    project.upgrade_to("0001")
-    project.write_inventory(window=_outside_window())
-    result = project.run("prod", "migrate")
-    assert result.returncode == 4, result.stderr
-    assert not (project.dir / ".runbook" / "runs").exists()

@@ -33,3 +33,23 @@ def test_checks_are_isolated_judged_and_leave_nothing(pg_db: PgDatabase) -> None
         assert conn.execute("SELECT count(*) FROM probe_t").fetchone() == (0,)
         # the checks' statement_timeout/lock_timeout were local to their transaction
         assert conn.execute("SHOW statement_timeout").fetchone() == ("0",)
+
+
+def test_an_error_that_arrives_while_later_checks_are_queued(pg_db: PgDatabase) -> None:
+    """The server sends an error at once, so it can reach psycopg while later checks are still
+    being queued (it then raises from a later execute, not from the sync): every check is still
+    judged on its own, in order, and the transaction still ends rolled back."""
+    with pg_db.server.connect(pg_db.name, autocommit=True) as conn:
+        checks = [CheckConfig(name="fails first", sql="SELECT 1/0", expect_error="division_by_zero")]
+        for i in range(300):  # enough queued after it for the error to come back meanwhile
+            checks.append(CheckConfig(name=f"holds {i}", sql=f"SELECT {i}", expect=i))
+            if i % 100 == 50:
+                checks.append(CheckConfig(name=f"fails {i}", sql="SELECT 1/0", expect=1))
+        problems = run_checks(conn, checks)
+        assert len(problems) == len(checks)
+        for check, problem in zip(checks, problems):
+            if check.name.startswith("fails ") and check.name != "fails first":
+                assert problem is not None and problem.startswith("error 22012"), (check.name, problem)
+            else:
+                assert problem is None, (check.name, problem)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE

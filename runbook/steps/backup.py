@@ -23,7 +23,7 @@ from ..hostcmd import backup_dir, cleanup_trap, pg_env
 
 def take(ctx: Context, label: str = "") -> Backup:
     """Dump the database now; returns the verified backup."""
-    revision = fmt(ctx.current()).replace(",", "+")
+    revision = fmt(ctx.current_at_start()).replace(",", "+")
     for _ in range(3):
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         try:

@@ -19,7 +19,7 @@ from ..migrations import fmt
 
 def touched(ctx: Context, target: str) -> tuple[list[str] | None, list[str]]:
     """Tables the pending revisions touch (None if their SQL cannot be rendered) and the pending ids."""
-    current = ctx.current()
+    current = ctx.current_at_start()
     pending = ctx.migrations.pending(current, target)
     if not pending:
         return [], []

@@ -100,7 +100,7 @@ def _recorded(value: Any) -> tuple[str, str] | None:
 
 def upgrade(ctx: Context, params: Any) -> dict[str, Any]:
     target = ctx.options.to or params.to
-    current = ctx.current()
+    current = ctx.current_at_start()
     want = ctx.migrations.resolve(target)
     pending = ctx.migrations.pending(current, target)
     facts: dict[str, Any] = {"from": fmt(current), "to": fmt(want), "pending": [r.id for r in pending]}
@@ -151,7 +151,7 @@ def resolve_down(ctx: Context, to: str) -> tuple[str, ...]:
 
 def downgrade(ctx: Context, params: Any) -> dict[str, Any]:
     target = resolve_down(ctx, params.to)
-    current = ctx.current()
+    current = ctx.current_at_start()
     facts: dict[str, Any] = {"from": fmt(current), "to": fmt(target)}
     if set(current) != set(target):
         undo = ctx.migrations.to_undo(current, target)

@@ -161,7 +161,7 @@ def plan(ctx: Any, current: tuple[str, ...]) -> dict[str, Any]:
 def run(ctx: Context, params: Any) -> dict[str, Any]:
     if ctx.options.restore is not None:
         return _restore(ctx)
-    current = ctx.current()
+    current = ctx.current_at_start()
     p = plan(ctx, current)
     target_ids = p["target_ids"]
     facts: dict[str, Any] = {"from": p["from"], "to": p["to"], "why": p["why"],
@@ -238,7 +238,7 @@ def restore_lines(ctx: Any, chosen: backups_mod.BackupFile, current: tuple[str, 
 
 def _restore(ctx: Context) -> dict[str, Any]:
     chosen = choose_backup(ctx)
-    current = ctx.current()
+    current = ctx.current_at_start()
     return _restore_backup(ctx, chosen, current, [])
 
 

@@ -39,32 +39,78 @@ def run_checks(conn: Any, checks: list[CheckConfig]) -> list[str | None]:
     """Each check's problem (None if it holds), in one transaction that is always rolled back.
 
     Every check runs in a savepoint rolled back after it, so a probe INSERT leaves nothing behind
-    and no check sees another's effects; in pipeline mode the rollback of one check travels with
-    the next one, so each check costs one round trip.
+    and no check sees another's effects. Round trips: the checks go to the server together, in
+    pipeline mode, and come back with one sync; a check that raises an error (a probe that is
+    rejected, as expected or not) makes the server skip the rest up to that sync, so those are
+    sent again, together, after it. So a revision's checks cost one round trip, plus one per
+    check that ends in an error; each still gets its own result or error.
     """
-    import psycopg
-
     problems: list[str | None] = []
-    # Plain statements rather than psycopg's nested transaction blocks, which wait for the
-    # server at every savepoint: here each check's rollback is queued and travels with the next.
     with conn.pipeline() as pipeline:
         conn.execute("BEGIN")
         conn.execute(CHECK_SETTINGS_SQL)
         try:
-            for check in checks:
-                conn.execute("SAVEPOINT runbook_check")
-                with conn.cursor() as cur:
-                    cur.execute(check.sql)
-                    try:
-                        pipeline.sync()
-                        row = cur.fetchone() if cur.description else None
-                        problems.append(_judge(check, row))
-                    except psycopg.Error as exc:
-                        problems.append(_judge_error(check, exc))
-                conn.execute("ROLLBACK TO SAVEPOINT runbook_check")
+            while len(problems) < len(checks):
+                problems.extend(_batch(conn, pipeline, checks[len(problems):]))
         finally:
             conn.execute("ROLLBACK")
     return problems
+
+
+def _batch(conn: Any, pipeline: Any, checks: list[CheckConfig]) -> list[str | None]:
+    """Send ``checks`` in one go; the problems of those up to the first that raised an error
+    (that one included), in order."""
+    import psycopg
+
+    cursors = []
+    error = None
+    try:
+        for check in checks:
+            conn.execute("SAVEPOINT runbook_check")
+            cur = conn.cursor()
+            cursors.append(cur)
+            cur.execute(check.sql)
+            conn.execute("ROLLBACK TO SAVEPOINT runbook_check")
+    except psycopg.errors.PipelineAborted:
+        pass  # an earlier error is on its way
+    except psycopg.OperationalError:
+        raise
+    except psycopg.Error as exc:  # the server sends an error at once: it can arrive while we queue
+        error = exc
+    error = _sync(pipeline, len(checks), error)
+    problems: list[str | None] = []
+    try:
+        for check, cur in zip(checks, cursors):
+            if cur.pgresult is None:  # the check that raised ``error``
+                assert error is not None
+                problems.append(_judge_error(check, error))
+                conn.execute("ROLLBACK TO SAVEPOINT runbook_check")  # leaves the failed state
+                break
+            problems.append(_judge(check, cur.fetchone() if cur.description else None))
+    finally:
+        for cur in cursors:
+            cur.close()
+    return problems
+
+
+def _sync(pipeline: Any, statements: int, error: Any = None) -> Any:
+    """Sync the pipeline and take every result: the first error raised by a statement (``error``
+    if that came already, None if none did). psycopg raises the first error as soon as it arrives,
+    with results still on the way (on a slow link, they come in pieces): the syncs go on until
+    all are in, the statements the server skipped after the error each raising ``PipelineAborted``."""
+    import psycopg
+
+    for _ in range(3 * statements + 3):  # each sync takes at least one result: bounded
+        try:
+            pipeline.sync()
+            return error
+        except psycopg.errors.PipelineAborted:
+            continue
+        except psycopg.OperationalError:
+            raise  # the connection itself: not a check's result
+        except psycopg.Error as exc:
+            error = error or exc
+    raise RuntimeError("the verification pipeline did not settle")  # pragma: no cover - a psycopg change
 
 
 def _judge(check: CheckConfig, row: Any) -> str | None:
@@ -94,7 +140,7 @@ def _equal(got: Any, expected: Any) -> bool:
 
 
 def run(ctx: Context, params: Any) -> dict[str, Any]:
-    current = ctx.current()
+    current = ctx.current_at_start()
     checks, missing = checks_for(ctx, params, current)
     revision = fmt(current)
     for rev in missing:
