@@ -57,6 +57,12 @@ class NoParams(_Params):
     pass
 
 
+class RehearseParams(_Params):
+    to: str = "head"
+    backup: Literal["newest", "new"] = "newest"  # new: always take a fresh backup to rehearse on
+    max_age: Duration = 86400.0  # "newest": an older backup (data drifts) is not used, a new one is taken
+
+
 class ShellParams(_Params):
     command: str
     timeout: Duration = 600.0
@@ -72,6 +78,7 @@ PARAMS: dict[str, type[_Params]] = {
     "shell": ShellParams,
     "rollback": NoParams,
     "prune": NoParams,
+    "rehearse": RehearseParams,
 }
 
 
