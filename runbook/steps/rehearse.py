@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import structlog
 
 from .. import interrupts, rehearsal
-from ..backups import list_backups
+from ..backups import human_age, list_backups
 from ..context import Context
 from ..errors import CommandFailed, CommandTimedOut, ConfigError, RunbookError, StepError
 from ..estimate import human
@@ -124,14 +124,15 @@ def run(ctx: Context, params: Any) -> dict[str, Any]:
         ctx.log.info("nothing_to_rehearse", revision=fmt(current))
         return {**facts, "rehearsed": False}
     no_downgrade = [(r.id, why) for r in pending if (why := ctx.migrations.why_irreversible(r))]
-    record: dict[str, Any] = {"from": fmt(current), "to": fmt(want), "outcome": "running", "phases": []}
+    record: dict[str, Any] = {"from": fmt(current), "to": fmt(want), "outcome": "running", "phases": [],
+                              "sources": _sources(ctx, pending)}
     ctx.journal.host(ctx.host.name)["rehearsal"] = record
     phases = Phases(ctx, record)
-    backup = _backup(ctx, params, current, phases)
+    backup, age = _backup(ctx, params, current, phases)
     name = rehearsal.scratch_name(ctx.database.name, ctx.run_id)
-    record.update(database=name, backup=backup)
-    ctx.log.info("rehearsal_started", database=name, backup=backup, revision=fmt(current), target=fmt(want),
-                 pending=facts["pending"])
+    record.update(database=name, backup=backup, backup_age_s=round(age))
+    ctx.log.info("rehearsal_started", database=name, backup=backup, backup_age_s=round(age), revision=fmt(current),
+                 target=fmt(want), pending=facts["pending"])
     session = rehearsal.ScratchSession(ctx.session, name)
     scratch = rehearsal.scratch_context(ctx, session)
     outcome = "failed"
@@ -186,6 +187,18 @@ def run(ctx: Context, params: Any) -> dict[str, Any]:
             "phases_s": dict(phases.durations), **estimate}
 
 
+def _sources(ctx: Context, pending: list[Any]) -> dict[str, str | None]:
+    """The sha256 of each rehearsed revision's file: what was rehearsed, so that a later check can
+    tell whether a revision changed since (None: its source could not be read)."""
+    import hashlib
+
+    out: dict[str, str | None] = {}
+    for rev in pending:
+        text = ctx.migrations.source(rev)
+        out[rev.id] = hashlib.sha256(text.encode("utf-8")).hexdigest() if text is not None else None
+    return out
+
+
 def _params(target: str) -> tuple[Any, Any, Any]:
     from ..playbook import DowngradeParams, UpgradeParams, VerifyParams
 
@@ -201,22 +214,23 @@ def _verify(scratch: Context, params: Any) -> None:
 
 # -- the copy -------------------------------------------------------------------------------------
 
-def _backup(ctx: Context, params: Any, current: tuple[str, ...], phases: Phases) -> str:
-    """The path of the backup to rehearse on: production as it is now, as closely as there is one."""
+def _backup(ctx: Context, params: Any, current: tuple[str, ...], phases: Phases) -> tuple[str, float]:
+    """The path and age of the backup to rehearse on: production as it is now, as closely as there is
+    one (rows written since the backup are not in the copy: ``backup: new`` for a copy of now)."""
     from . import backup as backup_step
 
     revision = fmt(current).replace(",", "+")
     if params.backup == "newest":
         if ctx.backup is not None and ctx.backup.revision == revision:
-            return ctx.backup.path  # this run's own, a moment ago
+            return ctx.backup.path, 0.0  # this run's own, a moment ago
         for found in list_backups(ctx.transport, backup_dir(ctx), ctx.database.name, ctx.env.name):
             if found.verified and not found.safety_copy and found.revision == revision \
                     and found.age_s() <= params.max_age:
-                return found.path
+                return found.path, found.age_s()
     with phases.phase("backup"):
         taken = backup_step.take(ctx)
     ctx.log.info("rehearsal_backup_taken", **taken.fact())
-    return taken.path
+    return taken.path, 0.0
 
 
 def _restore(scratch: Context, path: str) -> None:
@@ -299,8 +313,10 @@ def _estimate(ctx: Context, durations: dict[str, float], record: dict[str, Any])
     record["estimate"] = real
     parts = [f"{phase} {human(durations[phase]) if durations[phase] >= 1 else f'{durations[phase]:.2f}s'}"
              for phase in ("restore", "upgrade", "verify", "downgrade") if phase in durations]
-    summary = (f"rehearsal {record['from']} -> {record['to']} passed on a copy ({', '.join(parts)}); "
-               f"{ctx.database.name} untouched")
+    backup = str(record.get("backup") or "").rsplit("/", 1)[-1]
+    age = float(record.get("backup_age_s") or 0)
+    summary = (f"rehearsal {record['from']} -> {record['to']} passed on a copy ({', '.join(parts)}) restored "
+               f"from {backup}{f' ({human_age(age)} old)' if age >= 60 else ''}; {ctx.database.name} untouched")
     record["summary"] = summary
     ctx.log.info("rehearsal_estimate", **real,
                  basis=f"measured on a copy restored from {record.get('backup')} on the same server: the real "
