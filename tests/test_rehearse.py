@@ -25,7 +25,7 @@ import pytest
 from psycopg import sql
 
 from runbook import embedded, rehearsal
-from tests.fixtures.faults import assert_nothing_left, journal, newest_run_id
+from tests.fixtures.faults import assert_nothing_left, journal, newest_run_id, wait_for_host_process
 from tests.fixtures.pg import PgServer
 from tests.fixtures.project import ROOT, Project
 
@@ -363,6 +363,35 @@ def test_sigterm_during_the_rehearsal_drops_the_scratch_database(project: Projec
     assert_clean(project, run_id)
 
 
+def test_sigterm_while_pg_restore_fills_the_copy(project: Project, createdb: None) -> None:
+    """SIGTERM while pg_restore loads the copy on the host: pg_restore stopped there, the copy dropped,
+    exit 1, production untouched, nothing left."""
+    project.start_at_0002()
+    project.add_revision("0003", "0002", SLUG_AND_NOTE, 'op.drop_column("collections", "note")\n'
+                         'op.drop_column("collections", "slug")')
+    project.db.psql("CREATE TABLE big AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 300000) g; "
+                    f'ALTER TABLE big OWNER TO "{project.db.user}"')
+    before = snapshot(project)
+    proc = project.start("prod", "rehearse")
+    try:
+        wait_for_host_process(r"^\S*pg_restore --no-owner .*__runbook_rehearse_", proc, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        out, err = _finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, out + err
+    assert "interrupted by SIGTERM" in err and "Traceback" not in out + err
+    run_id = newest_run_id(project)
+    done = journal(project, run_id)["hosts"]["db1"]["rehearsal"]
+    assert done["phases"][-1] == {**done["phases"][-1], "phase": "restore", "outcome": "interrupted"}
+    assert done["dropped"] is True
+    assert snapshot(project) == before
+    assert_clean(project, run_id)  # waits for the host job (pg_restore's group) to be gone
+    assert subprocess.run(["pgrep", "-f", "pg_restore --no-owner"], capture_output=True).returncode == 1
+
+
 def test_a_killed_rehearsal_s_database_is_dropped_by_the_next_run(project: Project, createdb: None) -> None:
     """SIGKILL mid-rehearsal leaves the scratch database; the next run (any playbook) finds the dead
     run in the journal and drops it before anything else."""
@@ -479,3 +508,16 @@ def test_schema_dumps_compare_without_their_noise() -> None:
                                  labels=("before", "after"))
     assert rehearsal.changed_lines(diff) == "-a int; +a int,; +b text"
     assert rehearsal.trimmed(diff, 2).endswith("more lines)")
+
+
+def test_a_rehearse_step_after_the_upgrade_is_refused(project: Project) -> None:
+    """A playbook with rehearse after upgrade (or in on_failure): exit 2 naming the file and line, nothing done."""
+    project.upgrade_to("0001")
+    path = project.write_playbook("late", "steps:\n  - backup\n  - upgrade\n  - rehearse\n")
+    result = project.run("prod", "late")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{path}:4: 'rehearse' comes after 'upgrade'" in result.stderr
+    path = project.write_playbook("undo", "steps:\n  - upgrade\non_failure:\n  - rehearse\n")
+    result = project.run("prod", "undo")
+    assert result.returncode == 2 and f"{path}:4: 'rehearse' cannot be an on_failure step" in result.stderr
+    assert project.backups() == [] and project.db.alembic_version() == {"0001"}

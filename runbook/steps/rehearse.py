@@ -316,7 +316,7 @@ def _estimate(ctx: Context, durations: dict[str, float], record: dict[str, Any])
     backup = str(record.get("backup") or "").rsplit("/", 1)[-1]
     age = float(record.get("backup_age_s") or 0)
     summary = (f"rehearsal {record['from']} -> {record['to']} passed on a copy ({', '.join(parts)}) restored "
-               f"from {backup}{f' ({human_age(age)} old)' if age >= 60 else ''}; {ctx.database.name} untouched")
+               f"from {backup}{f' ({human_age(age)} old)' if age >= 60 else ''}")
     record["summary"] = summary
     ctx.log.info("rehearsal_estimate", **real,
                  basis=f"measured on a copy restored from {record.get('backup')} on the same server: the real "
