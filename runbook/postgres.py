@@ -251,16 +251,17 @@ def with_revisions(conn: Any, queue: Callable[[], T]) -> tuple[T, tuple[str, ...
     skipped after an error as made."""
     import psycopg
 
-    with conn.pipeline() as pipeline:
-        queued = queue()
-        revs = conn.cursor()
-        try:
+    queued: Any = None
+    try:
+        # The pipeline's end is its one sync (an explicit sync() before it would cost a second
+        # round trip): the answers are read after the block.
+        with conn.pipeline():
+            queued = queue()
+            revs = conn.cursor()
             revs.execute("SELECT version_num FROM alembic_version ORDER BY 1", prepare=False)
-            pipeline.sync()  # (an error can also arrive while the statement is queued)
-        except psycopg.errors.UndefinedTable:
-            pipeline.sync()  # the rest of the answers
-            return queued, ()
-        return queued, tuple(r[0] for r in revs.fetchall())
+    except psycopg.errors.UndefinedTable:
+        return queued, ()
+    return queued, tuple(r[0] for r in revs.fetchall())
 
 
 def current_revisions(conn: Any) -> tuple[str, ...]:
