@@ -26,6 +26,7 @@ class Options:
     user: bool = False     # schedule: the user's systemd instance, not the system's
     ignore_window: bool = False  # run outside the maintenance window (or past its end) on purpose
     limit: str | None = None  # history: how many runs (parsed by the command that reads it)
+    accept: tuple[str, ...] = ()  # migrate: error-level lint rules to run despite (by name)
 
 
 @dataclass
