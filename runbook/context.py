@@ -67,6 +67,7 @@ class Context:
     facts: dict[str, bool] = field(default_factory=dict)
     backup: Backup | None = None
     backups: list[Backup] = field(default_factory=list)
+    lint: dict[Any, Any] = field(default_factory=dict)  # the run's lint analysis (lint/preflight.py)
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
 

@@ -312,8 +312,8 @@ def _index(st: Any, node: Any, is_new: Callable[[str], bool]) -> Iterator[Hit]:
         yield Hit("prefer-robust-stmts", f"CREATE INDEX CONCURRENTLY {node.idxname or ''} outside the "
                   "transaction without IF NOT EXISTS", names)
     elif not node.concurrent and not is_new(table):
-        yield Hit("require-concurrent-index-creation", f"index {node.idxname or ''} on existing table "
-                  f"{table} built without CONCURRENTLY: writes to it are blocked while it builds", names)
+        yield Hit("require-concurrent-index-creation", f"index on existing table {table} built without "
+                  f"CONCURRENTLY ({node.idxname or 'unnamed'}): writes to it are blocked while it builds", names)
 
 
 def _drop(st: Any, node: Any, is_new: Callable[[str], bool]) -> Iterator[Hit]:
