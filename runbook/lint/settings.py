@@ -100,8 +100,10 @@ def _level(value: Any, where: str, path: Path) -> str:
 def check_rule(name: str, where: str, path: str | None = None, line: int | None = None) -> None:
     """An unknown rule name is a mistake (a typo would silently ignore nothing): exit 2."""
     if name not in RULES:
-        close = [r for r in RULES if name.split("-")[0] in r][:3]
-        hint = f" (did you mean {', '.join(close)}?)" if close else " (runbook lint --rules lists them)"
+        import difflib
+
+        close = difflib.get_close_matches(name, RULES, n=2)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else " (runbook lint --rules lists them)"
         raise ConfigError(f"{where}: unknown lint rule '{name}'{hint}", path=path, line=line)
 
 
