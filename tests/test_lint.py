@@ -152,7 +152,7 @@ CORPUS: dict[str, tuple[str, str]] = {
     "prefer-text-field": (
         'op.add_column("documents", sa.Column("lang", sa.String(8), nullable=True))',
         'op.add_column("documents", sa.Column("lang", sa.Text(), nullable=True))'),
-    "prefer-timestamptz": (
+    "prefer-timestamp-tz": (
         'op.add_column("documents", sa.Column("seen_at", sa.DateTime(), nullable=True))',
         'op.add_column("documents", sa.Column("seen_at", sa.DateTime(timezone=True), nullable=True))'),
     "not-valid-validate-same-transaction": (
@@ -169,7 +169,7 @@ CORPUS: dict[str, tuple[str, str]] = {
         'op.execute("UPDATE documents SET title = trim(title) WHERE title <> trim(title)")'),
 }
 OPT_IN = "[tool.runbook.lint]\nenable = ['prefer-bigint-over-int', 'prefer-identity', 'prefer-text-field', " \
-         "'prefer-timestamptz']\n"
+         "'prefer-timestamp-tz']\n"
 
 
 @pytest.mark.parametrize("rule", sorted(CORPUS))
@@ -382,3 +382,81 @@ def test_help_lists_lint_and_revision() -> None:
     sub = subprocess.run([sys.executable, "-m", "runbook", "lint", "--help"], capture_output=True, text=True,
                          timeout=30)
     assert sub.returncode == 0 and "RANGE" in sub.stdout and "--fail-on" in sub.stdout
+
+
+# -- the same analysis inside migrate ----------------------------------------------------------------
+
+from tests.fixtures.project import Project  # noqa: E402
+
+
+def _events(project: Project, name: str) -> list[dict[str, Any]]:
+    return [e for e in project.events() if e["event"] == name]
+
+
+def test_migrate_refuses_an_error_level_finding_and_runs_when_accepted(project: Project) -> None:
+    """A pending revision with a volatile DEFAULT: migrate exits 4 before the backup, nothing touched,
+    the rule named with the flag that accepts it; --accept RULE runs it; --dry-run shows it first."""
+    project.add_revision("0003", "0002", RISKY.replace("random()::text", "md5(random()::text)"),
+                         'op.drop_index("ix_documents_title", table_name="documents")\n'
+                         'op.drop_column("collections", "token")')
+    project.start_at_0002()
+    before = project.state()
+
+    plan = project.run("prod", "migrate", "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert "ERROR: adds column collections.token with DEFAULT md5() may be volatile" in plan.stdout
+    assert "[adding-field-with-default]" in plan.stdout and "--accept adding-field-with-default" in plan.stdout
+
+    refused = project.run("prod", "migrate")
+    assert refused.returncode == 4, refused.stdout + refused.stderr
+    assert "refused by lint: 1 error-level finding(s)" in refused.stderr
+    assert "0003 [adding-field-with-default]" in refused.stderr
+    assert "runbook: next: " in refused.stderr and "--accept adding-field-with-default" in refused.stderr
+    assert project.state() == before and project.backups() == []
+    assert not _events(project, "step_started")  # not even the backup
+    (record,) = [json.loads(p.read_text()) for p in (project.dir / ".runbook" / "runs").glob("*.json")]
+    assert record["status"] == "refused" and record["exit_code"] == 4
+    findings = _events(project, "lint_finding")
+    assert {f["rule"] for f in findings} == {"adding-field-with-default", "require-concurrent-index-creation",
+                                             "missing-verification-file"}
+
+    typo = project.run("prod", "migrate", "--accept", "adding-field-with-defaults")
+    assert typo.returncode == 2 and "--accept: unknown lint rule 'adding-field-with-defaults'" in typo.stderr
+
+    accepted = project.run("prod", "migrate", "--accept", "adding-field-with-default")
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert project.db.alembic_version() == {"0003"}
+    assert _events(project, "lint_accepted")[0]["rules"] == ["adding-field-with-default"]
+
+
+@pytest.mark.parametrize("where", ["history", "catalog"])
+def test_drop_index_feeds_the_pre_flight_its_table(project: Project, where: str) -> None:
+    """A pending DROP INDEX: check_locks looks at the index's table (from the rendered history, or
+    from the catalog for an index made by hand), so a session holding a lock on it is a blocker."""
+    project.start_at_0002()
+    if where == "history":
+        index, body = "ix_documents_collection_id", 'op.drop_index("ix_documents_collection_id", table_name="documents")'
+    else:
+        index, body = "ix_by_hand", 'op.execute("DROP INDEX ix_by_hand")'
+        project.db.psql("CREATE INDEX ix_by_hand ON documents (title)")
+    project.add_revision("0003", "0002", body, "pass")
+    project.write_inventory(locks={"lock_timeout": "1s", "max_wait": "5s", "blockers": "abort"})
+    before = project.state()
+    holder = project.db.connect(autocommit=False, application_name="rag-report")
+    try:
+        holder.execute("SELECT count(*) FROM documents").fetchone()  # ACCESS SHARE on documents, held
+        result = project.run("prod", "migrate")
+    finally:
+        holder.close()
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "rag-report" in result.stderr and project.state() == before
+    (failed,) = [e for e in _events(project, "step_failed") if e["step"] == "check_locks"]
+    (aborted,) = _events(project, "blockers_abort")
+    assert [s["application"] for s in aborted["sessions"]] == ["rag-report"]
+    deletion = [f for f in _events(project, "lint_finding") if f["rule"] == "require-concurrent-index-deletion"]
+    assert deletion and f"drops index {index} on documents" in deletion[0]["message"]
+    assert failed  # and with nothing holding documents it migrates
+    ok = project.run("prod", "migrate")
+    assert ok.returncode == 0, ok.stderr
+    check = next(e for e in _events(project, "step_finished") if e["step"] == "check_locks")
+    assert check["tables"] == ["documents"]

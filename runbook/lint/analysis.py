@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .. import sqlscan
 from ..migrations import Revision
@@ -108,8 +108,10 @@ def render(migrations: Any, current: tuple[str, ...], target: str,
 
 
 def analyze(migrations: Any, revisions: list[Revision], texts: list[str], failed: dict[str, str],
-            settings: Settings, *, scope: str = "revision") -> Analysis:
-    """Judge the statements of ``revisions`` (the range) found in the rendered ``texts``."""
+            settings: Settings, *, scope: str = "revision",
+            lookup: Callable[[list[str]], dict[str, str]] | None = None) -> Analysis:
+    """Judge the statements of ``revisions`` (the range) found in the rendered ``texts``;
+    ``lookup`` finds the tables of dropped indexes the rendered history does not create."""
     out = Analysis(list(revisions), unrenderable=dict(failed))
     in_range = {r.id for r in revisions}
     for number, text in enumerate(texts):
@@ -127,6 +129,9 @@ def analyze(migrations: Any, revisions: list[Revision], texts: list[str], failed
                 owner = marks[0][1]  # before the first marker: the version table's creation
             if owner in in_range:
                 out.statements.setdefault(owner, []).append(st)
+    missing = out.unresolved()
+    if missing and lookup is not None:
+        out.resolve(lookup(missing))
     sources = {r.id: migrations.source(r) for r in revisions}
     judge = _Judge(out, settings, sources, scope)
     for rev in revisions:

@@ -43,11 +43,7 @@ def analyze_range(migrations: Any, current: tuple[str, ...], target: str,
     if not revisions:
         return Analysis([])
     texts, failed = render(migrations, current, target, revisions)
-    result = analyze(migrations, revisions, texts, failed, settings_of(migrations), scope="run")
-    missing = result.unresolved()
-    if missing and lookup is not None:
-        result.resolve(lookup(missing))
-    return result
+    return analyze(migrations, revisions, texts, failed, settings_of(migrations), scope="run", lookup=lookup)
 
 
 def index_tables(conn: Any, names: list[str]) -> dict[str, str]:
@@ -82,8 +78,9 @@ def gate(ctx: Any, target: str) -> None:
     accepted = set(ctx.options.accept or ())
     errors = result.at_or_above(R.ERROR)
     refused = [f for f in errors if f.rule not in accepted]
-    for f in result.findings:
-        ctx.log.info("lint_finding", **f.fact(), accepted=f.rule in accepted and f.level == R.ERROR)
+    for f in result.findings:  # "severity": the log pipeline owns "level" (the event's own)
+        fact = {k: v for k, v in f.fact().items() if k != "level"}
+        ctx.log.info("lint_finding", **fact, severity=f.level, accepted=f.rule in accepted and f.level == R.ERROR)
     if result.unrenderable:
         ctx.log.warning("offline_sql_unavailable", revisions=sorted(result.unrenderable),
                         error=next(iter(result.unrenderable.values())))

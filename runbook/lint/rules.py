@@ -115,7 +115,7 @@ _RULES = [
     Rule("prefer-text-field", INFO,
          "changing a varchar(n) limit later takes ACCESS EXCLUSIVE (a shorter one rewrites)",
          "text with a CHECK (length(col) <= n) constraint", opt_in=True),
-    Rule("prefer-timestamptz", INFO, "timestamp without time zone loses the zone of what it stores",
+    Rule("prefer-timestamp-tz", INFO, "timestamp without time zone loses the zone of what it stores",
          "timestamptz (sa.DateTime(timezone=True))", opt_in=True),
     # -- what only runbook (an Alembic tool) sees ------------------------------------------------
     Rule("not-valid-validate-same-transaction", WARNING,
@@ -381,4 +381,4 @@ def _style(table: str, col: Any) -> Iterator[Hit]:
     if type_name == "varchar" and typmods:
         yield Hit("prefer-text-field", f"column {where} is a varchar with a limit: use text", names)
     if type_name == "timestamp":
-        yield Hit("prefer-timestamptz", f"column {where} is a timestamp without time zone", names)
+        yield Hit("prefer-timestamp-tz", f"column {where} is a timestamp without time zone", names)
