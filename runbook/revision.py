@@ -67,6 +67,7 @@ def create(inventory_path: Path, config: str | None, message: str, *, rev_id: st
     verifyfiles.load_file(verify)  # the skeleton is a valid verification file
     echo(f"runbook: created {script.path}")
     echo(f"runbook: created {verify} (add the checks that hold once {script.revision} is applied)")
-    echo(f"runbook: next: write upgrade() and downgrade(), then runbook lint {script.down_revision or 'base'}:"
-         f"{script.revision}")
+    down = script.down_revision
+    start = ",".join(down) if isinstance(down, (tuple, list)) else (down or "base")
+    echo(f"runbook: next: write upgrade() and downgrade(), then runbook lint {start}:{script.revision}")
     return 0
