@@ -394,7 +394,7 @@ def _subcommand(argv: list[str]) -> tuple[Any, list[str]] | None:
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg in ("--inventory", "-i"):
+        if arg in ("--inventory", "-i", "--to", "--limit", "--accept"):  # options taking a value
             i += 2
             continue
         if arg.startswith("-"):
