@@ -460,3 +460,20 @@ def test_drop_index_feeds_the_pre_flight_its_table(project: Project, where: str)
     assert ok.returncode == 0, ok.stderr
     check = next(e for e in _events(project, "step_finished") if e["step"] == "check_locks")
     assert check["tables"] == ["documents"]
+
+
+def test_migrate_refuses_what_would_fail_at_run_time(project: Project) -> None:
+    """CREATE INDEX CONCURRENTLY through op.execute outside an autocommit_block would fail inside the
+    upgrade's transaction: --dry-run says so, and migrate refuses it before the backup (exit 4)."""
+    project.add_revision("0003", "0002", 'op.execute("CREATE INDEX CONCURRENTLY ix_documents_title ON documents (title)")',
+                         'op.execute("DROP INDEX ix_documents_title")')
+    project.start_at_0002()
+    before = project.state()
+    plan = project.run("prod", "migrate", "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert ("ERROR: CREATE INDEX CONCURRENTLY ix_documents_title inside the transaction: fails at run time"
+            in plan.stdout)
+    result = project.run("prod", "migrate")
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "[ban-concurrent-index-creation-in-transaction]" in result.stderr
+    assert project.state() == before and project.backups() == []
