@@ -72,6 +72,9 @@ def project(inventory_path: Path, config: str | None) -> Migrations:
                               "with --config PATH/alembic.ini", path=str(inv.path))
         if found:
             return Migrations(next(iter(found)))
+        if inv.names and not Path("alembic.ini").is_file():
+            raise ConfigError("every environment runs Alembic on its host (alembic.remote): name a checkout "
+                              "of the migrations with --config PATH/alembic.ini", path=str(inv.path))
     here = Path("alembic.ini")
     if here.is_file():
         return Migrations(here.resolve())
