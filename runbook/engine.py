@@ -66,6 +66,8 @@ class Engine:
                     outcome = Outcome(code, status_of_error(code), f"{host.name}: {exc}",
                                       getattr(exc, "hint", None))
             done.append((host.name, outcome))
+            if len(hosts) > 1:  # a fleet's status is its worst host's: each host's own, for metrics and webhooks
+                self.journal.host(host.name).update(status=outcome.status, exit_code=outcome.code)
             if outcome.code != 0:
                 break
         if len(hosts) == 1:
