@@ -26,6 +26,7 @@ class Options:
     user: bool = False     # schedule: the user's systemd instance, not the system's
     ignore_window: bool = False  # run outside the maintenance window (or past its end) on purpose
     limit: str | None = None  # history: how many runs (parsed by the command that reads it)
+    accept: tuple[str, ...] = ()  # migrate: error-level lint rules to run despite (by name)
 
 
 @dataclass
@@ -66,6 +67,7 @@ class Context:
     facts: dict[str, bool] = field(default_factory=dict)
     backup: Backup | None = None
     backups: list[Backup] = field(default_factory=list)
+    lint: dict[Any, Any] = field(default_factory=dict)  # the run's lint analysis (lint/preflight.py)
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
 
