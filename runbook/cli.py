@@ -15,11 +15,12 @@ from typing import Any
 
 import click
 
+READ_ONLY = ("status", "checklist")  # built in: no run lock, no journal of their own
 ALEMBIC_STEPS = frozenset({"upgrade", "downgrade", "check_locks", "verify", "rollback", "rehearse"})
 
 EPILOG = """\b
 Playbooks: migrate, rollback, backup, verify, rehearse, migrate-rehearsed (files in playbooks/);
-built in: status, history, schedule PLAYBOOK.
+built in: status, checklist, history, schedule PLAYBOOK.
 \b
 Without ENV (see runbook lint --help, runbook revision --help):
   runbook lint [RANGE]            judge the pending revisions offline (CI): no database needed
@@ -31,7 +32,7 @@ Exit codes:
   2  bad usage, configuration or input: nothing was touched
   3  failed and the rollback did not complete: a person is needed
   4  refused by a guard (maintenance window, another run in progress, blockers, an error-level
-     lint finding not accepted): nothing touched
+     lint finding not accepted, a failed checklist line): nothing touched; checklist: a line FAILED
   5  runbook lint: findings at or above --fail-on
 \b
 Signals: SIGINT, SIGTERM, SIGHUP fail the current step and run the rollback (exit 1 or 3);
@@ -57,13 +58,15 @@ a second signal does not abandon the rollback.
 @click.option("--limit", metavar="N", default=None, help="history: the N newest runs (default 20).")
 @click.option("--accept", metavar="RULE", multiple=True,
               help="migrate: run despite error-level lint findings of this rule (repeatable).")
+@click.option("--override", metavar="LINE", multiple=True,
+              help="migrate, checklist: run despite this failed checklist line (repeatable).")
 @click.argument("env")
 @click.argument("playbook")
 @click.argument("args", nargs=-1)
 @click.version_option(package_name="runbook")
 def cli(inventory_path: str, yes: bool, json_out: bool, to: str | None, dry_run: bool,
         restore: str | None, install: bool, user: bool, ignore_window: bool, limit: str | None,
-        accept: tuple[str, ...], env: str, playbook: str, args: tuple[str, ...]) -> None:
+        accept: tuple[str, ...], override: tuple[str, ...], env: str, playbook: str, args: tuple[str, ...]) -> None:
     """Run PLAYBOOK against the databases of environment ENV.
 
     \b
@@ -72,6 +75,7 @@ def cli(inventory_path: str, yes: bool, json_out: bool, to: str | None, dry_run:
       runbook prod rollback            incident: back to where the last migrate started (asks first)
       runbook prod rollback --restore  incident: restore the newest verified backup (asks first)
       runbook prod status              revisions, pending, last runs, backups, lock holders now
+      runbook prod checklist           the pre-flight checklist: ok / FAILED / skipped, one line each
       runbook prod history             past runs: outcome, duration, revisions, backup, who and how
       runbook prod rehearse            the pending migrations on a scratch copy of production, then dropped
       runbook prod schedule migrate    systemd timer + service (and a crontab line) for the window
@@ -82,7 +86,7 @@ def cli(inventory_path: str, yes: bool, json_out: bool, to: str | None, dry_run:
     from .context import Options
 
     options = Options(to=to, dry_run=dry_run, yes=yes, restore=restore, json=json_out, install=install, user=user,
-                      ignore_window=ignore_window, limit=limit, accept=accept)
+                      ignore_window=ignore_window, limit=limit, accept=accept, override=override)
     if playbook == "schedule":  # built in, like status: no journal, no connection, no run lock
         sys.exit(_schedule(Path(inventory_path), env, args, options))
     if args:
@@ -138,12 +142,16 @@ def execute(inventory_path: Path, env_name: str, playbook_name: str, options: An
                 from .status import render as status
 
                 return status(plan, options)
+            if playbook_name == "checklist":  # built in and read-only, like status
+                from .checklist import render as checklist
+
+                return checklist(plan, options)
             if options.dry_run:
                 from .dryrun import render
 
                 return render(plan, options)
         except RunbookError as exc:
-            if "env" in known and playbook_name != "status" and not options.dry_run:
+            if "env" in known and playbook_name not in READ_ONLY and not options.dry_run:
                 with interrupts.shielded():
                     _refused(known["env"], known.get("playbook"), playbook_name, exc)
             _error(options, exc)
@@ -209,11 +217,15 @@ def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any,
 
         for name in options.accept:
             check_rule(name, "--accept")
+    if options.override:
+        from .checklist import check_names
+
+        check_names(options.override)
     REDACTOR.add(*env.secrets())
     known = {} if known is None else known
     known["env"] = env
-    # status is built in: read-only, no run lock, no journal of its own
-    pb = None if playbook_name == "status" else playbook.load(playbook.find(playbook_name, inv.path.parent))
+    # status and checklist are built in: read-only, no run lock, no journal of their own
+    pb = None if playbook_name in READ_ONLY else playbook.load(playbook.find(playbook_name, inv.path.parent))
     known["playbook"] = pb
     if pb is not None and not options.dry_run:
         from .notify import check
@@ -227,8 +239,8 @@ def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any,
         refusal = outside_window(env, pb)
     if refusal is None:
         # SSH, the tunnel and the sessions open while the rest of the plan is validated (early.py)
-        connect_early(env, run_id, lock=playbook_name != "status" and not options.dry_run,
-                      name="status" if playbook_name == "status" else "connect")
+        connect_early(env, run_id, lock=playbook_name not in READ_ONLY and not options.dry_run,
+                      name=playbook_name if playbook_name in READ_ONLY else "connect")
     migrations = backend_for(env)
     # a backup needs no Alembic: not loading it keeps a backup's fixed cost ~0.2 s lower
     needs_alembic = pb is None or bool(pb.kinds() & ALEMBIC_STEPS) or options.dry_run
@@ -446,7 +458,7 @@ def _subcommand(argv: list[str]) -> tuple[Any, list[str]] | None:
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg in ("--inventory", "-i", "--to", "--limit", "--accept"):  # options taking a value
+        if arg in ("--inventory", "-i", "--to", "--limit", "--accept", "--override"):  # options taking a value
             i += 2
             continue
         if arg.startswith("-"):

@@ -27,6 +27,7 @@ class Options:
     ignore_window: bool = False  # run outside the maintenance window (or past its end) on purpose
     limit: str | None = None  # history: how many runs (parsed by the command that reads it)
     accept: tuple[str, ...] = ()  # migrate: error-level lint rules to run despite (by name)
+    override: tuple[str, ...] = ()  # checklist lines to run despite (by name: checklist.LINES)
 
 
 @dataclass

@@ -116,6 +116,9 @@ class Engine:
                     if self.playbook.kinds() - {"backup", "prune", "shell", "restore"} else {}
                 self.log.info("run_started", playbook=self.playbook.name, playbook_file=str(self.playbook.path),
                               revision=fmt(ctx.start), **heads)
+                from .checklist import preflight as checklist
+
+                checklist(ctx, self.playbook)  # a protected environment's checklist, before the backup
                 from .lint.preflight import gate, upgrade_target
                 from .steps.migrate import prepare
 

@@ -177,6 +177,20 @@ class MetricsConfig(_Model):
         return value
 
 
+class ChecklistConfig(_Model):
+    """The pre-flight checklist (runbook/checklist.py): written, it also gates a protected migrate."""
+
+    backup_max_age: Duration = 24 * 3600.0  # the newest verified backup must be younger
+    before_migrate: bool = True  # a protected environment runs it at the start of migrate
+
+    @field_validator("backup_max_age")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be more than 0 (e.g. 24h)")
+        return value
+
+
 class CheckConfig(_Model):
     name: str
     sql: str
@@ -202,6 +216,7 @@ class EnvironmentConfig(_Model):
     verify: list[CheckConfig] = []
     notify: NotifyConfig | None = None
     metrics: MetricsConfig | None = None
+    checklist: ChecklistConfig | None = None
 
 
 class InventoryFile(_Model):
