@@ -321,3 +321,15 @@ def test_an_unprotected_environment_or_one_without_a_checklist_block_is_not_gate
     done = r.run("prod", "migrate")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "checklist" not in journal(project, newest_run_id(project))["hosts"]["db1"]
+
+
+def test_a_playbook_that_rehearses_first_skips_the_rehearsal_line(project: Project, hook: Hook,
+                                                                  createdb: None) -> None:
+    """migrate-rehearsed rehearses before it upgrades: no earlier rehearsal is needed."""
+    r = Ready(project, hook)
+    assert r.run("prod", "backup").returncode == 0
+    done = r.run("prod", "migrate-rehearsed")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert project.db.alembic_version() == {"0002"}
+    lines = {ln["name"]: ln for ln in journal(project, newest_run_id(project))["hosts"]["db1"]["checklist"]}
+    assert lines["rehearsed"]["mark"] == "skipped" and "rehearses before it upgrades" in lines["rehearsed"]["reason"]
