@@ -288,8 +288,10 @@ def render(plan: Any, options: Any) -> int:
 # -- at the start of ``migrate`` -------------------------------------------------------------------
 
 def applies(env: Any, playbook: Any, options: Any) -> bool:
-    """A protected environment with a ``checklist`` block, a playbook that upgrades, a real run."""
-    return (env.protected and env.config.checklist is not None and env.config.checklist.before_migrate
+    """A protected environment (unless its ``checklist`` block says ``before_migrate: false``), a
+    playbook that upgrades, a real run."""
+    block = env.config.checklist
+    return (env.protected and (block is None or block.before_migrate)
             and playbook is not None and "upgrade" in playbook.kinds() and not options.dry_run)
 
 

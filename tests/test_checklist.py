@@ -314,12 +314,25 @@ def test_protected_migrate_with_every_line_ok_runs(ready: Ready) -> None:
     assert {ln["mark"] for ln in record["hosts"]["db1"]["checklist"]} == {"ok"}
 
 
-def test_an_unprotected_environment_or_one_without_a_checklist_block_is_not_gated(project: Project,
-                                                                                  hook: Hook) -> None:
+def test_the_gate_follows_protected_and_before_migrate(project: Project, hook: Hook) -> None:
+    """No rehearsal, so the `rehearsed` line fails: a protected environment without a checklist
+    block is gated (the default), one with `before_migrate: false` is not."""
+    from ruamel.yaml import YAML
+
+    from tests.fixtures.project import dump_yaml
+
     r = Ready(project, hook)
-    r.write(checklist=None)  # protected, but no checklist block: migrate as before
+    inv = YAML(typ="safe").load(project.inventory.read_text())
+    del inv["environments"]["prod"]["checklist"]
+    project.inventory.write_text(dump_yaml(inv))
+    refused = r.run("prod", "migrate")
+    assert refused.returncode == 4, refused.stdout + refused.stderr
+    assert "refused by the checklist: rehearsed" in refused.stderr
+    assert project.db.alembic_version() == {"0001"}
+    r.write(checklist={"before_migrate": False})
     done = r.run("prod", "migrate")
     assert done.returncode == 0, done.stdout + done.stderr
+    assert project.db.alembic_version() == {"0002"}
     assert "checklist" not in journal(project, newest_run_id(project))["hosts"]["db1"]
 
 
