@@ -182,6 +182,7 @@ class Environment:
     inventory_path: Path
     alembic_ini: Path
     state_dir: Path
+    every_host: tuple[Host, ...] = ()  # the inventory's hosts, when ``hosts`` is a selection of them
 
     @property
     def protected(self) -> bool:
@@ -191,13 +192,26 @@ class Environment:
     def embedded(self) -> bool:
         return self.config.embedded
 
+    @property
+    def fleet(self) -> bool:
+        """Several hosts in the inventory (whatever ``--limit``/``--shard`` selected): a fleet run."""
+        return len(self.every_host or self.hosts) > 1
+
+    def select(self, hosts: tuple[Host, ...]) -> "Environment":
+        """This environment with only ``hosts`` run (``--limit``, ``--shard``); secrets stay known."""
+        from dataclasses import replace
+
+        return replace(self, hosts=tuple(hosts), every_host=self.every_host or self.hosts)
+
     def secrets(self) -> list[str]:
-        return [h.database.password for h in self.hosts if h.database and h.database.password]
+        every = self.every_host or self.hosts
+        return [h.database.password for h in every if h.database and h.database.password]
 
     def secret_vars(self) -> list[str]:
         """The names of the variables that hold this environment's passwords (never inherited by
         the commands runbook starts on this machine)."""
-        return sorted({h.database.password_env for h in self.hosts if h.database and h.database.password_env})
+        every = self.every_host or self.hosts
+        return sorted({h.database.password_env for h in every if h.database and h.database.password_env})
 
 
 @dataclass(frozen=True)
