@@ -199,6 +199,8 @@ class Engine:
                                             str(taken.get("backup_sha256") or ""),
                                             str(taken.get("backup_revision") or ""), "")
                     outcome = self._rollback_shielded(ctx, RollbackAll(reason))
+                    if outcome.code == ROLLED_BACK:  # it had succeeded: what happened is the put-back
+                        outcome.message = outcome.message.replace("failed and rolled back", "rolled back", 1)
                     with contextlib.suppress(Exception):
                         record["end_revision"] = fmt(ctx.last_read if ctx.last_read is not None else ctx.current())
                     record["rolled_back"] = {"reason": reason, "exit_code": outcome.code, "finished": now_iso()}

@@ -223,7 +223,7 @@ class Fleet:
                    if (r := self.results.get(h.name)) is not None and r.outcome.code == OK and self._changed(h.name)]
         if not targets:
             return
-        reason = f"--rollback-all after {self.stopped}"
+        reason = f"--rollback-all, after {self.stopped}"
         self.log.warning("rollback_all_started", hosts=[h.name for h in targets], reason=self.stopped)
         with interrupts.shielded():  # from here on, signals are logged, never obeyed
             self._each(targets, lambda host: self._revert_one(host, reason))
@@ -275,7 +275,7 @@ class Fleet:
         self.journal.record["fleet"].update(stopped=self.stopped, signal=self.signal, not_run=not_run)
         self.log.info("fleet_finished", exit_code=code, hosts={r.host: r.final.code for r in ran},
                       not_run=not_run, stopped=self.stopped)
-        lines = [f"{r.host}: " + ("ok" if r.final.code == OK else f"{r.word().upper()} (exit {r.final.code})")
+        lines = [f"{r.host}: " + ("ok" if r.final.code == OK else f"{r.word()} (exit {r.final.code})")
                  + f": {r.final.message}" for r in ran]
         if not_run:
             lines.append(f"not run: {', '.join(not_run)}")
@@ -317,7 +317,7 @@ def table(summary: dict[str, Any]) -> str:
 def report_lines(summary: dict[str, Any]) -> list[str]:
     """Below the table: the full message of every host that did not end ok, the hosts not run,
     and the count of each outcome (the exact state, for the person reading the last lines)."""
-    lines = [f"{r['host']}: {r['outcome'].upper()} (exit {r['exit_code']}): {r['message']}"
+    lines = [f"{r['host']}: {r['outcome']} (exit {r['exit_code']}): {r['message']}"
              for r in summary["hosts"] if r["exit_code"] != OK]
     if summary["not_run"]:
         lines.append(f"not run: {', '.join(summary['not_run'])}")

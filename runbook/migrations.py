@@ -464,9 +464,17 @@ class Migrations(MigrationBackend):
 @contextlib.contextmanager
 def _turn() -> Iterator[None]:
     """This thread's turn at in-process Alembic (a fleet's stop ends the wait for it)."""
+    import time
+
     from . import interrupts
 
+    asked = time.monotonic()
     interrupts.acquire(ALEMBIC)
+    waited = time.monotonic() - asked
+    if waited >= 0.05:  # another host of the fleet had it: say how long this one waited
+        import structlog
+
+        structlog.get_logger("runbook").info("alembic_turn_waited", waited_ms=int(waited * 1000))
     try:
         yield
     finally:
