@@ -194,7 +194,9 @@ class Fleet:
             elif not run.busy and self.stopped is None:
                 self.stopped = f"{run.host}: {run.word()} (exit {run.outcome.code})"
         entry = self.journal.host(run.host)
-        entry.update(outcome=run.word(), exit_code=run.outcome.code, duration_s=round(run.seconds, 3))
+        # each host's own status and exit code: the journal's readers (metrics, webhooks) use them
+        entry.update(outcome=run.word(), status=run.outcome.status, exit_code=run.outcome.code,
+                     duration_s=round(run.seconds, 3))
         self.journal.save()
         self.log.info("host_finished", host=run.host, exit_code=run.outcome.code, outcome=run.word(),
                       duration_s=round(run.seconds, 3))
@@ -251,7 +253,7 @@ class Fleet:
                 self.log.error("rollback_all_failed", error=str(exc))
             run = self.results[host.name]
             run.reverted, run.seconds = outcome, run.seconds + time.monotonic() - started
-            self.journal.host(host.name).update(outcome=run.word(), exit_code=outcome.code,
+            self.journal.host(host.name).update(outcome=run.word(), status=outcome.status, exit_code=outcome.code,
                                                 duration_s=round(run.seconds, 3))
             self.journal.save()
             self.log.info("host_finished", exit_code=outcome.code, outcome=run.word(), duration_s=round(run.seconds, 3))

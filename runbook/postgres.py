@@ -228,9 +228,11 @@ def then_revisions(conn: Any, sql: str, params: Any) -> tuple[Any, tuple[str, ..
 
     with conn.pipeline() as pipeline:
         first, revs = conn.cursor(), conn.cursor()
-        first.execute(sql, params)
+        # never prepared: a statement the server skipped after an error would leave psycopg
+        # believing in a prepared statement the server never made
+        first.execute(sql, params, prepare=False)
         try:
-            revs.execute("SELECT version_num FROM alembic_version ORDER BY 1")
+            revs.execute("SELECT version_num FROM alembic_version ORDER BY 1", prepare=False)
             pipeline.sync()  # (an error can also arrive while the second is queued)
         except psycopg.errors.UndefinedTable:
             pipeline.sync()  # the rest of the answers

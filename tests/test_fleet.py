@@ -499,3 +499,30 @@ def test_empty_shard_is_nothing_to_do(project: Project) -> None:
     assert f"--shard {empty}/2 selects none of the 2 hosts of 'tenants': nothing to do" in result.stdout
     assert not project.run_logs()
 
+
+
+# -- used by other test files (tests/test_metrics.py) ---------------------------------------------
+
+
+@pytest.fixture
+def second_db(project: Project) -> Iterator[PgDatabase]:
+    """A second tenant database on the same server, owned by raguser."""
+    server = project.db.server
+    name = f"t_tenant_b_{uuid.uuid4().hex[:8]}"
+    with server.admin() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(server.user)))
+    try:
+        yield PgDatabase(server=server, name=name)
+    finally:
+        with server.admin() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _at_0001(project: Project, db: PgDatabase) -> None:
+    """``db`` at 0001 with the example data (the example app's migrations, or the project's own)."""
+    from runbook.embedded import sample_data_sql
+    from tests.fixtures.project import ROOT
+
+    ini = project.dir / "app" / "alembic.ini"
+    _upgrade(db, ini if ini.exists() else ROOT / "alembic.ini", "0001")
+    db.psql(sample_data_sql())
