@@ -897,14 +897,17 @@ def test_11_slowlink_fleet(bench: Bench, slow: Slow, report: Report) -> None:
     project, names = fleet_project(slow)
     serial: list[float] = []
     parallel: list[float] = []
+    cpu: dict[str, list[float]] = {"serial": [], "parallel": []}
     try:
         for i in range(RUNS):
             for how in (("serial", "parallel") if i % 2 == 0 else ("parallel", "serial")):
                 if how == "serial":
-                    serial.append(fleet_run(sb, project, names, what="fleet migrate (serial)").wall)
+                    r = fleet_run(sb, project, names, what="fleet migrate (serial)")
+                    serial.append(r.wall)
                 else:
-                    parallel.append(fleet_run(sb, project, names, "--parallel", "4",
-                                              what="fleet migrate --parallel 4").wall)
+                    r = fleet_run(sb, project, names, "--parallel", "4", what="fleet migrate --parallel 4")
+                    parallel.append(r.wall)
+                cpu[how].append(r.cpu)
         peak = fleet_run(sb, project, names, "--parallel", str(FLEET_SIZE), what=f"fleet migrate --parallel {FLEET_SIZE}")
         one = PEAK_RSS.get("migrate (slow link)") or PEAK_RSS.get("migrate") or []
     finally:
@@ -925,6 +928,9 @@ def test_11_slowlink_fleet(bench: Bench, slow: Slow, report: Report) -> None:
         f"- one after another: {fmt_s(m_serial)} (runs: {spread(serial)}), {m_serial / FLEET_SIZE:.2f} s per host",
         f"- `--parallel 4`: {fmt_s(m_parallel)} (runs: {spread(parallel)})",
         f"- speed-up: {speedup:.2f}x",
+        f"- CPU time of the runbook process (user + system, median): {median(cpu['serial']):.2f} s serial, "
+        f"{median(cpu['parallel']):.2f} s with `--parallel 4` (the machine has {os.cpu_count()} cores; Python "
+        f"runs one thread at a time)",
         "",
         f"Peak RSS of one `runbook --yes fleet migrate --parallel {FLEET_SIZE}` (all {FLEET_SIZE} hosts at "
         f"once; `wait4` of the runbook process): {peak.maxrss_kb / 1024:.1f} MB, wall {fmt_s(peak.wall)}"

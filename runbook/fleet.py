@@ -105,6 +105,9 @@ class Fleet:
         if self.parallel == 1 or len(self.hosts) == 1:
             self._serial()
         else:
+            from .progress import several_at_once
+
+            several_at_once(True)
             self._pool()
         if fleet["rollback_all"] and self.stopped:
             self._rollback_all()
