@@ -314,7 +314,13 @@ def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
                 from .notify import Notifier
 
                 started = Notifier(env).started(jr.record, jr.log_path)  # in the background
-            outcome = Engine(env, plan.playbook, options, jr, plan.migrations, **kwargs).run()
+            engine = Engine(env, plan.playbook, options, jr, plan.migrations, **kwargs)
+            if env.fleet:  # several hosts: the fleet runs one engine per host
+                from .fleet import Fleet
+
+                outcome = Fleet(engine).run()
+            else:
+                outcome = engine.run()
         except (RunbookError, interrupts.Interrupted) as exc:
             with interrupts.shielded():
                 code = code_of(exc)

@@ -70,11 +70,7 @@ class Engine:
 
     # -- running ------------------------------------------------------------------------------
     def run(self) -> Outcome:
-        """One host: its run (errors raised to the caller). A fleet: ``fleet.Fleet``."""
-        if self.env.fleet:
-            from .fleet import Fleet
-
-            return Fleet(self).run()
+        """The environment's one host (errors raised to the caller); several: ``fleet.Fleet``."""
         host = self.env.hosts[0]
         with structlog.contextvars.bound_contextvars(host=host.name):
             return self.run_host(host)

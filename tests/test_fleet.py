@@ -22,7 +22,7 @@ import pytest
 from psycopg import sql
 
 from runbook.selection import shard_of
-from tests.fixtures.faults import host_jobs, password_files
+from tests.fixtures.faults import assert_nothing_left
 from tests.fixtures.pg import PgDatabase
 from tests.fixtures.project import Project, dump_yaml, host_dir
 
@@ -394,7 +394,8 @@ def test_sigterm_during_a_parallel_run(tenants: Tenants) -> None:
     events = project.events()
     assert not [e for e in events if e["event"] == "connecting" and e.get("host") in ("t3", "t4")]
     # nothing left: host commands (the sleeps), password files, sessions on any tenant database
-    assert not host_jobs(run_id) and not password_files(project, run_id) and not tenants.sessions(run_id)
+    assert_nothing_left(project, run_id)
+    assert not tenants.sessions(run_id)
 
 
 def test_sigterm_cancels_a_long_statement_of_a_parallel_host(tenants: Tenants) -> None:
@@ -429,7 +430,8 @@ def test_sigterm_cancels_a_long_statement_of_a_parallel_host(tenants: Tenants) -
     assert record["hosts"][sleeping]["interrupted"]["step"] == "upgrade"
     assert any(e["event"] == "queries_cancelled" and e["host"] == sleeping for e in project.events())
     assert record["fleet"]["not_run"] == ["t3", "t4"]
-    assert not tenants.sessions(record["run_id"]) and not host_jobs(record["run_id"])
+    assert_nothing_left(project, record["run_id"])
+    assert not tenants.sessions(record["run_id"])
 
 
 # -- rollback after a fleet migrate -------------------------------------------------------------
