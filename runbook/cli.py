@@ -15,11 +15,11 @@ from typing import Any
 
 import click
 
-ALEMBIC_STEPS = frozenset({"upgrade", "downgrade", "check_locks", "verify", "rollback"})
+ALEMBIC_STEPS = frozenset({"upgrade", "downgrade", "check_locks", "verify", "rollback", "rehearse"})
 
 EPILOG = """\b
-Playbooks: migrate, rollback, backup, verify (files in playbooks/); built in: status, history,
-schedule PLAYBOOK.
+Playbooks: migrate, rollback, backup, verify, rehearse, migrate-rehearsed (files in playbooks/);
+built in: status, history, schedule PLAYBOOK.
 \b
 Exit codes:
   0  done, verified
@@ -75,6 +75,7 @@ def cli(inventory_path: str, yes: bool, json_out: bool, to: str | None, dry_run:
       runbook prod rollback --restore  incident: restore the newest verified backup (asks first)
       runbook prod status              revisions, pending, last runs, backups, lock holders now
       runbook prod history             past runs: outcome, duration, revisions, backup, who and how
+      runbook prod rehearse            the pending migrations on a scratch copy of production, then dropped
       runbook prod schedule migrate    systemd timer + service (and a crontab line) for the window
       runbook local migrate            the embedded default: a throwaway local PostgreSQL
     """
@@ -254,7 +255,7 @@ def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any,
         verify.load_all(migrations)
         if options.to:
             migrations.resolve(options.to)
-        upgrade = [s for s in (pb.steps if pb is not None else []) if s.kind == "upgrade"]
+        upgrade = [s for s in (pb.steps if pb is not None else []) if s.kind in ("upgrade", "rehearse")]
         if upgrade and not options.to:
             migrations.resolve(upgrade[0].params.to)  # e.g. 'head' with several heads: refused here
     if options.restore is not None and (pb is None or "rollback" not in pb.kinds()):

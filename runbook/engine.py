@@ -136,6 +136,9 @@ class Engine:
                 if session.created:
                     self._load_sample(ctx)
                 cleanup.dead_runs(ctx)
+                from .steps.rehearse import preflight
+
+                preflight(ctx, self.playbook.steps)  # a rehearsal's privileges, a killed one's leftovers
                 ctx.start = ctx.current()
                 record = self.journal.host(host.name)
                 record.update(start_revision=fmt(ctx.start), database=ctx.database.name)
@@ -303,6 +306,9 @@ class Engine:
             what = f"{what}: nothing to migrate"
         if "verify" in self.playbook.kinds():
             what += ", verified"
+        rehearsed = (self.journal.host(ctx.host.name).get("rehearsal") or {}).get("summary")
+        if rehearsed:
+            what += f"; {rehearsed}"
         return Outcome(OK, "succeeded", what)
 
     def _rollback(self, ctx: Context, error: BaseException) -> Outcome:

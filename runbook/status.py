@@ -39,11 +39,16 @@ def host_status(viewer: Any, host: Any) -> dict[str, Any]:
         # round trips overlap instead of adding up.
         folder = on_host(folder_of(env), transport)
         listing = Pending(lambda: list_backups(transport, folder, db.name, env.name), "status-backups")
-        with ctx.connect("status") as conn:  # only reads (two round trips)
-            current = postgres.current_revisions(conn)
-            with conn.pipeline(), conn.cursor() as holder:
-                holder.execute(postgres.RUN_LOCK_HOLDER_SQL, postgres.RUN_LOCK)
-                sessions = postgres.sessions(conn, runbook=True)  # syncs: the holder's answer comes along
+        with ctx.connect("status") as conn:  # only reads, in one round trip
+
+            def queue() -> tuple[Any, tuple[Any, Any]]:
+                holder = conn.cursor()
+                holder.execute(postgres.RUN_LOCK_HOLDER_SQL, postgres.RUN_LOCK, prepare=False)
+                return holder, postgres.queue_sessions(conn, runbook=True)
+
+            (holder, queued), current = postgres.with_revisions(conn, queue)
+            sessions = postgres.read_sessions(*queued)
+            with holder:
                 run_lock = _holder_fact(holder.fetchone())
         found = listing.result()
         # with alembic.remote the history is read on this host
