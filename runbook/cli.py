@@ -21,12 +21,18 @@ EPILOG = """\b
 Playbooks: migrate, rollback, backup, verify, rehearse, migrate-rehearsed (files in playbooks/);
 built in: status, history, schedule PLAYBOOK.
 \b
+Without ENV (see runbook lint --help, runbook revision --help):
+  runbook lint [RANGE]            judge the pending revisions offline (CI): no database needed
+  runbook revision "message"      a new Alembic revision and its verification file
+\b
 Exit codes:
   0  done, verified
   1  failed, and rolled back: the database is as it was before the run
   2  bad usage, configuration or input: nothing was touched
   3  failed and the rollback did not complete: a person is needed
-  4  refused by a guard (maintenance window, another run in progress, blockers): nothing touched
+  4  refused by a guard (maintenance window, another run in progress, blockers, an error-level
+     lint finding not accepted): nothing touched
+  5  runbook lint: findings at or above --fail-on
 \b
 Signals: SIGINT, SIGTERM, SIGHUP fail the current step and run the rollback (exit 1 or 3);
 a second signal does not abandon the rollback.
@@ -58,13 +64,15 @@ a second signal does not abandon the rollback.
 @click.option("--canary", is_flag=True, help="Fleets: the first host alone, verified, before any other starts.")
 @click.option("--rollback-all", is_flag=True,
               help="Fleets: when a host fails (or a signal stops the run), roll back every host this run migrated.")
+@click.option("--accept", metavar="RULE", multiple=True,
+              help="migrate: run despite error-level lint findings of this rule (repeatable).")
 @click.argument("env")
 @click.argument("playbook")
 @click.argument("args", nargs=-1)
 @click.version_option(package_name="runbook")
 def cli(inventory_path: str, yes: bool, json_out: bool, to: str | None, dry_run: bool,
         restore: str | None, install: bool, user: bool, ignore_window: bool, limits: tuple[str, ...],
-        shard: str | None, parallel: int, canary: bool, rollback_all: bool,
+        shard: str | None, parallel: int, canary: bool, rollback_all: bool, accept: tuple[str, ...],
         env: str, playbook: str, args: tuple[str, ...]) -> None:
     """Run PLAYBOOK against the databases of environment ENV.
 
@@ -78,6 +86,8 @@ def cli(inventory_path: str, yes: bool, json_out: bool, to: str | None, dry_run:
       runbook prod rehearse            the pending migrations on a scratch copy of production, then dropped
       runbook prod schedule migrate    systemd timer + service (and a crontab line) for the window
       runbook local migrate            the embedded default: a throwaway local PostgreSQL
+      runbook lint                     the pending revisions judged offline (no ENV, no database)
+      runbook revision "add slugs"     a new revision and its verification file (no ENV)
     """
     from .context import Options
 
@@ -86,7 +96,7 @@ def cli(inventory_path: str, yes: bool, json_out: bool, to: str | None, dry_run:
     options = Options(to=to, dry_run=dry_run, yes=yes, restore=restore, json=json_out, install=install, user=user,
                       ignore_window=ignore_window, limit=",".join(limits) if history and limits else None,
                       hosts=() if history else limits, shard=shard, parallel=parallel, canary=canary,
-                      rollback_all=rollback_all)
+                      rollback_all=rollback_all, accept=accept)
     if playbook == "schedule" and (limits or shard or parallel != 1 or canary or rollback_all):
         code = 2
         _error(options, "--limit, --shard, --parallel, --canary and --rollback-all do not apply to schedule "
@@ -227,6 +237,11 @@ def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any,
 
     inv = inventory.load(inventory_path)
     env = inv.environment(env_name)
+    if options.accept:
+        from .lint.settings import check_rule
+
+        for name in options.accept:
+            check_rule(name, "--accept")
     REDACTOR.add(*env.secrets())
     known = {} if known is None else known
     known["env"] = env
@@ -420,11 +435,95 @@ def _report(options: Any, outcome: Any, jr: Any) -> None:
     click.echo(f"runbook: run log {jr.log_path}", err=stream_err)
 
 
+@click.command("lint", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--inventory", "-i", "inventory_path", metavar="PATH", envvar="RUNBOOK_INVENTORY",
+              default="inventory.yaml", show_default=True,
+              help="Inventory: its environments name the Alembic project and its journal the pending revisions.")
+@click.option("--config", metavar="ALEMBIC_INI", help="The Alembic project's alembic.ini (instead of the inventory's).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True,
+              help="github: workflow annotations (::error file=...,line=...::).")
+@click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default=None,
+              help="Exit 5 on findings at or above this level (default error, or [tool.runbook.lint] fail_on).")
+@click.option("--rules", "list_rules", is_flag=True, help="List the rules and their levels.")
+@click.argument("range_", metavar="[RANGE]", required=False)
+def lint_cli(inventory_path: str, config: str | None, fmt: str, fail_on: str | None, list_rules: bool,
+             range_: str | None) -> None:
+    """Judge revisions offline: rendered with alembic upgrade --sql, parsed with pglast; no database.
+
+    \b
+    RANGE: all | A:B (base:head, 0002:head, 0002:) | default: what some environment has not
+    applied yet (by the journal), or all without one. Rules and levels: docs/lint.md.
+    Exit 0: nothing at or above --fail-on; 5: findings; 2: bad usage or project.
+    """
+    from .errors import RunbookError
+    from .lint import command
+
+    if list_rules:
+        click.echo(command.rules_table())
+        sys.exit(0)
+    try:
+        code = command.run(Path(inventory_path), config, range_, fmt, fail_on, echo=click.echo)
+    except RunbookError as exc:
+        _error(_Plain(), exc)
+        code = exc.exit_code
+    sys.exit(code)
+
+
+@click.command("revision", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--inventory", "-i", "inventory_path", metavar="PATH", envvar="RUNBOOK_INVENTORY",
+              default="inventory.yaml", show_default=True, help="Inventory naming the Alembic project.")
+@click.option("--config", metavar="ALEMBIC_INI", help="The Alembic project's alembic.ini (instead of the inventory's).")
+@click.option("--rev-id", metavar="ID", help="The revision id (default: Alembic's).")
+@click.option("--head", default="head", show_default=True, help="The revision it follows (alembic revision --head).")
+@click.argument("message")
+def revision_cli(inventory_path: str, config: str | None, rev_id: str | None, head: str, message: str) -> None:
+    """Create an Alembic revision (the project's template and naming) and its verification file."""
+    from .errors import RunbookError
+    from .revision import create
+
+    try:
+        code = create(Path(inventory_path), config, message, rev_id=rev_id, head=head, echo=click.echo)
+    except RunbookError as exc:
+        _error(_Plain(), exc)
+        code = exc.exit_code
+    sys.exit(code)
+
+
+class _Plain:
+    json = False
+
+
+SUBCOMMANDS = {"lint": lint_cli, "revision": revision_cli}
+
+
+def _subcommand(argv: list[str]) -> tuple[Any, list[str]] | None:
+    """``runbook [--inventory PATH] lint|revision ...``: the commands without ENV, found before the
+    ENV PLAYBOOK parsing (so an environment cannot be named lint or revision)."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--inventory", "-i", "--to", "--limit", "--accept", "--shard", "--parallel"):  # options taking a value
+            i += 2
+            continue
+        if arg.startswith("-"):
+            i += 1
+            continue
+        if arg in SUBCOMMANDS:
+            return SUBCOMMANDS[arg], argv[:i] + argv[i + 1:]
+        return None
+    return None
+
+
 def main() -> None:
     try:
         # Not click's standalone mode: it turns an interrupt into "Aborted!" and exit 1, which
         # promises a rollback; before the run's own handlers are installed nothing was touched.
-        code = cli.main(standalone_mode=False)
+        found = _subcommand(sys.argv[1:])
+        if found is not None:
+            command, rest = found
+            code = command.main(args=rest, prog_name=f"runbook {command.name}", standalone_mode=False)
+        else:
+            code = cli.main(standalone_mode=False)
     except (click.Abort, KeyboardInterrupt):
         click.echo("runbook: interrupted before anything was touched", err=True)
         _exit_now(SystemExit(4))

@@ -31,6 +31,7 @@ class Options:
     parallel: int = 1            # a fleet's hosts at once
     canary: bool = False         # a fleet's first host alone, verified, before any other
     rollback_all: bool = False   # a fleet that stops rolls back every host it migrated
+    accept: tuple[str, ...] = ()  # migrate: error-level lint rules to run despite (by name)
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Context:
     facts: dict[str, bool] = field(default_factory=dict)
     backup: Backup | None = None
     backups: list[Backup] = field(default_factory=list)
+    lint: dict[Any, Any] = field(default_factory=dict)  # the run's lint analysis (lint/preflight.py)
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
 

@@ -147,8 +147,12 @@ class Engine:
                     if self.playbook.kinds() - {"backup", "prune", "shell", "restore"} else {}
                 self.log.info("run_started", playbook=self.playbook.name, playbook_file=str(self.playbook.path),
                               revision=fmt(ctx.start), **heads)
+                from .lint.preflight import gate, upgrade_target
                 from .steps.migrate import prepare
 
+                target = upgrade_target(ctx, self.playbook.steps)
+                if target is not None:  # error-level lint findings refuse the run before its backup
+                    gate(ctx, target)
                 prepare(ctx, self.playbook.steps)
                 self._set_phase("running", ctx)
                 interrupts.checkpoint()  # a fleet stopping: this host is left as it was (nothing ran)
