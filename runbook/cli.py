@@ -55,7 +55,16 @@ a second signal does not abandon the rollback.
 @click.option("--user", is_flag=True, help="schedule: units of your user's systemd, not the system's.")
 @click.option("--ignore-window", is_flag=True,
               help="Run outside the maintenance window (or past its end) on purpose; logged as such.")
-@click.option("--limit", metavar="N", default=None, help="history: the N newest runs (default 20).")
+@click.option("--limit", "limits", metavar="PATTERN", multiple=True,
+              help="Fleets: only the hosts matching PATTERN (names or globs, comma-separated or repeated). "
+              "history: the N newest runs (default 20).")
+@click.option("--shard", metavar="K/N", help="Fleets: only the hosts of shard K of N (1..N; a stable split by "
+              "host name).")
+@click.option("--parallel", metavar="N", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Fleets: up to N hosts at once.")
+@click.option("--canary", is_flag=True, help="Fleets: the first host alone, verified, before any other starts.")
+@click.option("--rollback-all", is_flag=True,
+              help="Fleets: when a host fails (or a signal stops the run), roll back every host this run migrated.")
 @click.option("--accept", metavar="RULE", multiple=True,
               help="migrate: run despite error-level lint findings of this rule (repeatable).")
 @click.option("--override", metavar="LINE", multiple=True,
@@ -65,8 +74,9 @@ a second signal does not abandon the rollback.
 @click.argument("args", nargs=-1)
 @click.version_option(package_name="runbook")
 def cli(inventory_path: str, yes: bool, json_out: bool, to: str | None, dry_run: bool,
-        restore: str | None, install: bool, user: bool, ignore_window: bool, limit: str | None,
-        accept: tuple[str, ...], override: tuple[str, ...], env: str, playbook: str, args: tuple[str, ...]) -> None:
+        restore: str | None, install: bool, user: bool, ignore_window: bool, limits: tuple[str, ...],
+        shard: str | None, parallel: int, canary: bool, rollback_all: bool, accept: tuple[str, ...],
+        override: tuple[str, ...], env: str, playbook: str, args: tuple[str, ...]) -> None:
     """Run PLAYBOOK against the databases of environment ENV.
 
     \b
@@ -85,8 +95,17 @@ def cli(inventory_path: str, yes: bool, json_out: bool, to: str | None, dry_run:
     """
     from .context import Options
 
+    # --limit is a count for history, host patterns for everything else (selection.py)
+    history = playbook == "history"
     options = Options(to=to, dry_run=dry_run, yes=yes, restore=restore, json=json_out, install=install, user=user,
-                      ignore_window=ignore_window, limit=limit, accept=accept, override=override)
+                      ignore_window=ignore_window, limit=",".join(limits) if history and limits else None,
+                      hosts=() if history else limits, shard=shard, parallel=parallel, canary=canary,
+                      rollback_all=rollback_all, accept=accept, override=override)
+    if playbook == "schedule" and (limits or shard or parallel != 1 or canary or rollback_all):
+        code = 2
+        _error(options, "--limit, --shard, --parallel, --canary and --rollback-all do not apply to schedule "
+                        "(its unit runs the whole environment)")
+        sys.exit(code)
     if playbook == "schedule":  # built in, like status: no journal, no connection, no run lock
         sys.exit(_schedule(Path(inventory_path), env, args, options))
     if args:
@@ -133,11 +152,17 @@ def execute(inventory_path: Path, env_name: str, playbook_name: str, options: An
     with interrupts.installed(on_ignored=_signal_ignored), contextlib.ExitStack() as cleanup:
         cleanup.callback(early.discard)  # what was opened early and nobody took (see early.py)
         try:
+            from .selection import check_flags
+
+            check_flags(playbook_name, options)
             if playbook_name == "history":  # built in: read from the journal, no host, no password
                 from .history import render as history
 
                 return history(inventory_path, env_name, options)
             plan = _plan(inventory_path, env_name, playbook_name, options, new_run_id(), known)
+            if not plan.env.hosts:  # an empty shard, or no host the last migrate changed
+                _say(options, f"runbook: {plan.selection.get('empty')}: nothing to do")
+                return 0
             if playbook_name == "status":
                 from .status import render as status
 
@@ -187,15 +212,24 @@ def log_safe(text: str) -> str:
     return str(REDACTOR.scrub(one_line))
 
 
+def log_safe_lines(text: str) -> str:
+    """Several lines (a table), secrets removed."""
+    from .log import REDACTOR
+
+    return str(REDACTOR.scrub(text))
+
+
 class Plan:
     """Everything loaded and validated before anything connects."""
 
-    def __init__(self, env: Any, playbook: Any, migrations: Any, run_id: str, refusal: Any = None) -> None:
+    def __init__(self, env: Any, playbook: Any, migrations: Any, run_id: str, refusal: Any = None,
+                 selection: dict[str, Any] | None = None) -> None:
         self.env = env
         self.playbook = playbook
         self.migrations = migrations
         self.run_id = run_id  # also names the sessions opened early
         self.refusal = refusal  # a guard's refusal, journaled by the run (nothing is touched)
+        self.selection = selection or {}  # which hosts --limit/--shard (or rollback's journal) kept
 
 
 def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any, run_id: str,
@@ -207,11 +241,10 @@ def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any,
     from . import verifyfiles as verify
 
     from .early import connect_early
+    from .selection import plan_hosts
 
     inv = inventory.load(inventory_path)
     env = inv.environment(env_name)
-    if options.limit is not None:
-        raise ConfigError("--limit only applies to history")
     if options.accept:
         from .lint.settings import check_rule
 
@@ -231,6 +264,7 @@ def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any,
         from .notify import check
 
         check(env, inv)  # the webhook's variable, before a refusal would need it
+    env, chosen = plan_hosts(env, pb, options)
     refusal = None
     if not options.dry_run and not options.ignore_window:
         from .guards import outside_window
@@ -257,9 +291,9 @@ def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any,
             and not sys.stdin.isatty():
         raise ConfigError(f"'{playbook_name}' needs --yes when there is no terminal to confirm on "
                           "(it says what it will do and asks before acting)")
-    if refusal is None:
+    if refusal is None and env.hosts:
         _confirm(env, options, pb)
-    return Plan(env, pb, migrations, run_id, refusal)
+    return Plan(env, pb, migrations, run_id, refusal, chosen)
 
 
 def _confirm(env: Any, options: Any, pb: Any) -> None:
@@ -291,6 +325,8 @@ def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
     env = plan.env
     run_id = plan.run_id
     jr = journal_mod.Journal(env.state_dir, run_id, env.name, plan.playbook.name, argv)
+    if env.fleet:
+        jr.record["fleet"] = {k: v for k, v in plan.selection.items() if k != "empty"}
     RUN_LOG.open(jr.log_path)
     jr.save()
     logger = structlog.get_logger("runbook")
@@ -306,7 +342,13 @@ def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
                 from .notify import Notifier
 
                 started = Notifier(env).started(jr.record, jr.log_path)  # in the background
-            outcome = Engine(env, plan.playbook, options, jr, plan.migrations, **kwargs).run()
+            engine = Engine(env, plan.playbook, options, jr, plan.migrations, **kwargs)
+            if env.fleet:  # several hosts: the fleet runs one engine per host
+                from .fleet import Fleet
+
+                outcome = Fleet(engine).run()
+            else:
+                outcome = engine.run()
         except (RunbookError, interrupts.Interrupted) as exc:
             with interrupts.shielded():
                 code = code_of(exc)
@@ -357,7 +399,7 @@ def _after(env: Any, record: dict[str, Any], log_path: Any, code: int, message: 
     if env.config.metrics:
         from . import metrics
 
-        metrics.write(env)
+        metrics.write(env.whole())  # every host of the inventory, whatever --limit/--shard ran
     if env.config.notify:
         from .notify import Notifier
 
@@ -381,11 +423,25 @@ def _refused(env: Any, pb: Any, playbook_name: str, exc: Any) -> None:
 
 
 def _report(options: Any, outcome: Any, jr: Any) -> None:
-    """The last lines a person (or cron's mail) reads."""
+    """The last lines a person (or cron's mail) reads; a fleet's start with its summary table."""
+    summary = getattr(outcome, "summary", None)
     if options.json:
+        if summary is not None:  # one object: what each host did, for jq and CI
+            import json
+
+            from .log import REDACTOR
+
+            click.echo(json.dumps(REDACTOR.scrub({"event": "summary", "run_id": jr.run_id, **summary}), default=str))
         return
     stream_err = outcome.code != 0
-    click.echo(log_safe(f"runbook: {outcome.message}"), err=stream_err)
+    if summary is not None:
+        from .fleet import report_lines, table
+
+        click.echo(log_safe_lines(table(summary)), err=stream_err)
+        for line in report_lines(summary):
+            click.echo(log_safe(f"runbook: {line}"), err=stream_err)
+    else:
+        click.echo(log_safe(f"runbook: {outcome.message}"), err=stream_err)
     if outcome.next_command:
         click.echo(log_safe(f"runbook: next: {outcome.next_command}"), err=stream_err)
     click.echo(f"runbook: run log {jr.log_path}", err=stream_err)
@@ -458,7 +514,8 @@ def _subcommand(argv: list[str]) -> tuple[Any, list[str]] | None:
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg in ("--inventory", "-i", "--to", "--limit", "--accept", "--override"):  # options taking a value
+        if arg in ("--inventory", "-i", "--to", "--limit", "--accept", "--override", "--shard",
+                   "--parallel"):  # options taking a value
             i += 2
             continue
         if arg.startswith("-"):

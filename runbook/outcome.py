@@ -15,7 +15,7 @@ its every branch is unit-tested (tests/test_outcome.py) apart from the machinery
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 OK, ROLLED_BACK, USAGE, NEEDS_PERSON, REFUSED = 0, 1, 2, 3, 4
 LINT_FINDINGS = 5  # runbook lint only: a code of its own, so CI tells "the migration is risky" from a usage error
@@ -29,6 +29,12 @@ class Outcome:
     status: str
     message: str
     next_command: str | None = None
+    summary: dict[str, Any] | None = None  # a fleet's: each host's from, to, outcome, duration, backup
+
+
+def worst(codes: Sequence[int]) -> int:
+    """A fleet's exit code: a person needed (3) outranks everything, then the highest code."""
+    return max(codes, key=lambda c: (c == NEEDS_PERSON, c)) if codes else OK
 
 
 def status_of_error(code: int) -> str:
