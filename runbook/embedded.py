@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -316,3 +317,21 @@ class EmbeddedCluster:
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
                 sql.Identifier(DB_NAME), sql.Identifier(DB_USER)))
             return True
+
+
+def load_sample(ctx: Any, migrations: Any) -> None:
+    """A fresh embedded database gets the example data at the first revision."""
+    from . import postgres
+
+    first = [r for r in migrations.script.walk_revisions() if not r.down_revision]
+    if not first:
+        return
+    rev = first[0].revision
+    eng = postgres.engine(ctx.endpoint, purpose=f"sample {ctx.run_id}")
+    try:
+        migrations.run("upgrade", eng, rev)
+    finally:
+        eng.dispose()
+    with ctx.connect("sample") as conn:
+        conn.execute(sample_data_sql())
+    ctx.log.info("sample_data_loaded", revision=rev)

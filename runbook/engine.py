@@ -112,7 +112,7 @@ class Engine:
             self._set_phase("done")
 
     def _run_host(self, host: Host) -> Outcome:
-        from . import cleanup
+        from . import preflight
         from .guards import WindowGuard
         from .journal import now_iso
 
@@ -134,11 +134,10 @@ class Engine:
                 window.after_connect(ctx)  # no past runs: the fit from the database's size
                 lock.acquire()
                 if session.created:
-                    self._load_sample(ctx)
-                cleanup.dead_runs(ctx)
-                from .steps.rehearse import preflight
+                    from .embedded import load_sample
 
-                preflight(ctx, self.playbook.steps)  # a rehearsal's privileges, a killed one's leftovers
+                    load_sample(ctx, self.migrations)
+                preflight.after_lock(ctx, self.playbook)
                 ctx.start = ctx.current()
                 record = self.journal.host(host.name)
                 record.update(start_revision=fmt(ctx.start), database=ctx.database.name)
@@ -147,16 +146,7 @@ class Engine:
                     if self.playbook.kinds() - {"backup", "prune", "shell", "restore"} else {}
                 self.log.info("run_started", playbook=self.playbook.name, playbook_file=str(self.playbook.path),
                               revision=fmt(ctx.start), **heads)
-                from .checklist import preflight as checklist
-
-                checklist(ctx, self.playbook)  # a protected environment's checklist, before the backup
-                from .lint.preflight import gate, upgrade_target
-                from .steps.migrate import prepare
-
-                target = upgrade_target(ctx, self.playbook.steps)
-                if target is not None:  # error-level lint findings refuse the run before its backup
-                    gate(ctx, target)
-                prepare(ctx, self.playbook.steps)
+                preflight.before_steps(ctx, self.playbook)  # checklist, lint gate, connection ahead
                 self._set_phase("running", ctx)
                 interrupts.checkpoint()  # a fleet stopping: this host is left as it was (nothing ran)
                 outcome = self._run_steps(ctx)
@@ -215,24 +205,6 @@ class Engine:
                 finally:
                     lock.release()
                     self._set_phase("done")
-
-    def _load_sample(self, ctx: Context) -> None:
-        """A fresh embedded database gets the example data at the first revision."""
-        from . import postgres
-        from .embedded import sample_data_sql
-
-        first = [r for r in self.migrations.script.walk_revisions() if not r.down_revision]
-        if not first:
-            return
-        rev = first[0].revision
-        eng = postgres.engine(ctx.endpoint, purpose=f"sample {ctx.run_id}")
-        try:
-            self.migrations.run("upgrade", eng, rev)
-        finally:
-            eng.dispose()
-        with ctx.connect("sample") as conn:
-            conn.execute(sample_data_sql())
-        self.log.info("sample_data_loaded", revision=rev)
 
     def step(self, ctx: Context, step: Step, phase: str) -> dict[str, Any]:
         from .steps import runner
