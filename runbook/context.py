@@ -66,6 +66,7 @@ class Context:
     facts: dict[str, bool] = field(default_factory=dict)
     backup: Backup | None = None
     backups: list[Backup] = field(default_factory=list)
+    swap_rights: Any = None  # dbswap.Rights, once checked (restore.mode: swap)
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
 

@@ -135,6 +135,10 @@ def prepare(ctx: Context, steps: Any) -> None:
             return
     except Exception:  # noqa: BLE001 - the step itself reports it
         return
+    if ctx.env.config.restore.mode == "swap":  # its rollback may restore: refused now if it could not
+        from .swap import precheck
+
+        precheck(ctx)
     ctx.migrations.prepare("upgrade", ctx.settings(lock_timeout_for(1, ctx.locks.lock_timeout)))
 
 

@@ -159,6 +159,12 @@ def plan(ctx: Any, current: tuple[str, ...]) -> dict[str, Any]:
 
 
 def run(ctx: Context, params: Any) -> dict[str, Any]:
+    from . import swap
+
+    if ctx.env.config.restore.mode == "swap":
+        # Whichever way it goes back (its own restore, or the playbook's restore of the state it
+        # started from if the downgrade fails), a swap restore's rights are checked first.
+        ctx.swap_rights = swap.precheck(ctx)
     if ctx.options.restore is not None:
         return _restore(ctx)
     current = ctx.current_at_start()
@@ -230,10 +236,20 @@ def choose_backup(ctx: Any) -> backups_mod.BackupFile:
 
 
 def restore_lines(ctx: Any, chosen: backups_mod.BackupFile, current: tuple[str, ...]) -> list[str]:
-    return [f"Restore {ctx.env.name}/{ctx.host.name}: {ctx.database.name} at {fmt(current)} <- "
-            f"{chosen.name} (revision {chosen.revision}, {backups_mod.human_size(chosen.size)}, "
-            f"{backups_mod.human_age(chosen.age_s())} old).",
-            "  Everything written since that backup is replaced; the current state is backed up first."]
+    lines = [f"Restore {ctx.env.name}/{ctx.host.name}: {ctx.database.name} at {fmt(current)} <- "
+             f"{chosen.name} (revision {chosen.revision}, {backups_mod.human_size(chosen.size)}, "
+             f"{backups_mod.human_age(chosen.age_s())} old).",
+             "  Everything written since that backup is replaced; the current state is backed up first."]
+    return lines + how_lines(ctx)
+
+
+def how_lines(ctx: Any) -> list[str]:
+    """How the restore is done, when it is a swap (it ends sessions: a person must know first)."""
+    from . import swap
+
+    if ctx.env.config.restore.mode != "swap":
+        return []
+    return swap.plan_lines(ctx, ctx.swap_rights)
 
 
 def _restore(ctx: Context) -> dict[str, Any]:
@@ -244,7 +260,7 @@ def _restore(ctx: Context) -> dict[str, Any]:
 
 def _restore_backup(ctx: Context, chosen: backups_mod.BackupFile, current: tuple[str, ...],
                     plan_lines: list[str]) -> dict[str, Any]:
-    confirm(ctx, plan_lines or restore_lines(ctx, chosen, current))
+    confirm(ctx, [*plan_lines, *how_lines(ctx)] if plan_lines else restore_lines(ctx, chosen, current))
     target = Backup(chosen.path, chosen.size, chosen.sha256 or "", chosen.revision, chosen.stamp)
     def saved_first(copy: Backup) -> None:
         # The state this rollback started from, saved before anything changes: from here on, a
@@ -252,7 +268,8 @@ def _restore_backup(ctx: Context, chosen: backups_mod.BackupFile, current: tuple
         ctx.backup = copy
         ctx.facts["changed"] = True
 
-    saved = restore.restore(ctx, target, on_saved=saved_first)
+    swapped: dict[str, Any] = {}
+    saved = restore.restore(ctx, target, on_saved=saved_first, facts=swapped)
     ctx.facts["restored"] = True
     return {"from": fmt(current), "restored": chosen.path, "restored_revision": chosen.revision,
-            "saved_current_state": saved.path, "to": fmt(ctx.current())}
+            "saved_current_state": saved.path, "to": fmt(ctx.current()), **({"swap": swapped} if swapped else {})}
