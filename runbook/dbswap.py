@@ -152,9 +152,10 @@ def create_sql(p: Properties, name: str) -> sql.Composed:
         sql.SQL("ENCODING = {}").format(sql.Literal(p.encoding)),
         sql.SQL("LC_COLLATE = {}").format(sql.Literal(p.props["datcollate"])),
         sql.SQL("LC_CTYPE = {}").format(sql.Literal(p.props["datctype"])),
-        sql.SQL("TABLESPACE = {}").format(sql.Identifier(p.tablespace)),
         sql.SQL("CONNECTION LIMIT = {}").format(sql.Literal(int(p.props.get("datconnlimit", -1)))),
     ]
+    if p.tablespace != "pg_default":  # named, even pg_default needs CREATE on it
+        opts.append(sql.SQL("TABLESPACE = {}").format(sql.Identifier(p.tablespace)))
     provider = _PROVIDERS.get(str(p.props.get("datlocprovider") or "c"), "libc")
     if "datlocprovider" in p.props:  # PostgreSQL 15+
         opts.append(sql.SQL("LOCALE_PROVIDER = {}").format(sql.SQL(provider)))

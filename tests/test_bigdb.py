@@ -250,3 +250,249 @@ def test_jobs_need_the_directory_format_and_the_swap_mode(project: Project) -> N
     assert "environments.prod.restore.jobs" in line and "needs mode: swap" in line, line
     assert not project.backup_dir.exists() or not list(project.backup_dir.iterdir())
     assert project.state() == before
+
+
+# -- the swap restore -----------------------------------------------------------------------------
+def _dress_up(project: Project) -> None:
+    """Database-level properties pg_restore does not restore: settings, a role's setting in the
+    database, grants, a comment."""
+    name = sql.Identifier(project.db.name)
+    with project.db.server.admin() as conn:
+        conn.execute("DROP ROLE IF EXISTS rb_reader")
+        conn.execute("CREATE ROLE rb_reader")
+        conn.execute(sql.SQL("ALTER DATABASE {} SET work_mem = '7MB'").format(name))
+        conn.execute(sql.SQL("""ALTER DATABASE {} SET search_path = "$user", public, "odd ""Schema" """).format(name))
+        conn.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} SET statement_timeout = '42s'").format(
+            sql.Identifier(APP_USER), name))
+        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(name))
+        conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO rb_reader").format(name))
+        conn.execute(sql.SQL("COMMENT ON DATABASE {} IS 'RAG memory, prod'").format(name))
+
+
+def test_swap_restore_ends_the_sessions_and_lands_on_the_backup(swap_project: Project) -> None:
+    """rollback --restore with restore.mode swap and an application session open: the session is
+    ended and named, the database equals the backup (schema, rows, alembic_version) with its own
+    settings, grants and comment, the replaced one is kept, shown by status, and dropped by the
+    next successful run's prune."""
+    project = swap_project
+    project.upgrade_to("0001")
+    _dress_up(project)
+    props = _database_props(project.db.server, project.db.name)
+    at_backup = project.state()
+    assert project.run("prod", "migrate").returncode == 0
+    (backup,) = _dumpdirs(project)
+    project.db.psql("INSERT INTO collections (name, description) VALUES ('written-later', 'after the backup')")
+    latest = project.state()
+
+    app = project.db.connect(autocommit=True, application_name="rag-api")
+    app_pid = app.info.backend_pid
+    app.execute("SELECT count(*) FROM collections").fetchone()
+    idle_tx = project.db.connect(application_name="rag-worker")  # idle in transaction
+    idle_tx.execute("SELECT 1 FROM collections LIMIT 1").fetchone()
+    try:
+        logs = set(project.run_logs())
+        result = project.run("prod", "rollback", "--restore", backup.name)
+        run_id = _new_run(project, logs)
+        assert result.returncode == 0, result.stdout + result.stderr
+        err = result.stderr
+        assert "restore.mode swap: pg_restore -j 2" in err and "EVERY session" in err, err
+        assert "sessions_ended" in err and "rag-api" in err and str(app_pid) in err, err
+        assert f"ended 2 session(s) of {project.db.name} for the swap: " in err
+        assert f"pid {app_pid} rag-api ({APP_USER} from 127.0.0.1" in err
+        with pytest.raises(psycopg.OperationalError):
+            app.execute("SELECT 1")
+        with pytest.raises(psycopg.OperationalError):
+            idle_tx.execute("SELECT 1")
+    finally:
+        app.close()
+        idle_tx.close()
+
+    assert project.state() == at_backup
+    assert _database_props(project.db.server, project.db.name) == props
+    (kept,) = _kept(project)
+    assert _copies(project) == []
+    assert project.db.server.row_counts(kept) == latest[1] and project.db.server.alembic_version(kept) == {"0002"}
+
+    events = _events(project, run_id)
+    names = [e["event"] for e in events]
+    for name in ("restore_copy_created", "restore_copy_restored", "restore_copy_verified", "sessions_ended",
+                 "database_swapped"):
+        assert name in names, names
+    ended = next(e for e in events if e["event"] == "sessions_ended")
+    assert {s["application"] for s in ended["sessions"]} == {"rag-api", "rag-worker"}, ended
+    swapped = next(e for e in events if e["event"] == "database_swapped")
+    assert swapped["kept_as"] == kept
+    finished = next(e for e in events if e["event"] == "step_finished" and e["step"] == "rollback")
+    assert finished["swap"]["before"] == kept and finished["to"] == "0001"
+    verified = next(e for e in events if e["event"] == "step_finished" and e["step"] == "verify")
+    assert verified["failed"] == 0 and verified["revision"] == "0001"
+    record = journal(project, run_id)
+    assert record["status"] == "succeeded" and record["hosts"]["db1"]["swap"]["state"] == "swapped"
+    assert_nothing_left(project, run_id)
+
+    status = project.run("prod", "status")
+    assert f"kept database {kept}" in status.stdout, status.stdout
+    logs = set(project.run_logs())
+    assert project.run("prod", "backup").returncode == 0
+    pruned = [e for e in _events(project, _new_run(project, logs)) if e["event"] == "kept_database_dropped"]
+    assert [e["database"] for e in pruned] == [kept]
+    assert _kept(project) == [] and project.state() == at_backup
+
+
+def test_swap_restore_killed_half_way_leaves_the_database_untouched(swap_project: Project) -> None:
+    """pg_restore killed on the host in the middle of a swap restore: exit 1, the database exactly as
+    it was, the copy dropped, nothing of the run left."""
+    project = swap_project
+    project.start_at_0002()
+    _big_table(project, 300_000)
+    backup = _backup(project)
+    project.db.psql("INSERT INTO collections (name, description) VALUES ('written-later', 'must survive')")
+    before = project.state()
+    props = _database_props(project.db.server, project.db.name)
+    logs = set(project.run_logs())
+
+    proc = project.start("prod", "rollback", "--restore", backup.name)
+    try:
+        pid = _wait_for_process(f"pg_restore -j 2 --exit-on-error .*{project.db.name[:20]}", proc)
+        os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    run_id = _new_run(project, logs)
+    assert proc.returncode == 1, out + err
+    assert "failed before any change" in err and "was not changed" in err, err
+    assert project.state() == before
+    assert _database_props(project.db.server, project.db.name) == props
+    assert _copies(project) == [] and _kept(project) == []
+    names = [e["event"] for e in _events(project, run_id)]
+    assert "restore_copy_dropped" in names and "database_swapped" not in names, names
+    record = journal(project, run_id)
+    assert record["status"] == "failed" and record["exit_code"] == 1
+    assert record["hosts"]["db1"]["swap"]["state"] == "dropped"
+    assert_nothing_left(project, run_id)
+
+
+def test_swap_restore_of_a_copy_that_fails_verification_changes_nothing(swap_project: Project) -> None:
+    """The restored copy fails a verification query: it is dropped before the swap, the database and
+    its sessions are untouched (exit 1)."""
+    project = swap_project
+    project.upgrade_to("0001")
+    backup = _backup(project)
+    project.db.psql("INSERT INTO collections (name, description) VALUES ('written-later', 'after')")
+    count = int(project.db.psql("SELECT count(*) FROM collections").strip())
+    project.write_inventory(verify=[{"name": "the newest collections are there",
+                                     "sql": "SELECT count(*) FROM collections", "expect": count}])
+    before = project.state()
+    app = project.db.connect(autocommit=True, application_name="rag-api")
+    try:
+        logs = set(project.run_logs())
+        result = project.run("prod", "rollback", "--restore", backup.name)
+        run_id = _new_run(project, logs)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "fails 1 of" in result.stderr and "the newest collections are there" in result.stderr
+        assert app.execute("SELECT 1").fetchone() == (1,), "the application's session was never ended"
+    finally:
+        app.close()
+    assert project.state() == before
+    assert _copies(project) == [] and _kept(project) == []
+    names = [e["event"] for e in _events(project, run_id)]
+    assert "sessions_ended" not in names and "restore_copy_dropped" in names
+    assert journal(project, run_id)["status"] == "failed"
+    assert_nothing_left(project, run_id)
+
+
+def test_a_killed_swap_restores_copy_is_dropped_by_the_next_run(swap_project: Project) -> None:
+    """SIGKILL of runbook while pg_restore fills the copy: the database is untouched; the next run
+    (a backup) ends what the dead run left and drops its copy, saying so."""
+    project = swap_project
+    project.start_at_0002()
+    _big_table(project, 300_000)
+    backup = _backup(project)
+    before = project.state()
+    logs = set(project.run_logs())
+
+    proc = project.start("prod", "rollback", "--restore", backup.name)
+    try:
+        _wait_for_process(f"pg_restore -j 2 --exit-on-error .*{project.db.name[:20]}", proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    run_id = _new_run(project, logs)
+    assert project.state() == before
+    record = journal(project, run_id)
+    assert record["status"] == "running" and record["hosts"]["db1"]["swap"]["state"] == "restoring"
+    copy = record["hosts"]["db1"]["swap"]["copy"]
+
+    logs = set(project.run_logs())
+    nxt = project.run("prod", "backup")
+    assert nxt.returncode == 0, nxt.stdout + nxt.stderr
+    events = _events(project, _new_run(project, logs))
+    dropped = [e for e in events if e["event"] == "restore_copy_dropped"]
+    assert [(e["database"], e["previous_run"]) for e in dropped] == [(copy, run_id)], dropped
+    assert _copies(project) == [] and project.state() == before
+    assert_nothing_left(project, run_id)
+
+
+def test_swap_restore_without_the_rights_is_refused_before_anything(project: Project) -> None:
+    """restore.mode swap for a role without CREATEDB and pg_signal_backend: rollback --restore and
+    migrate are refused (exit 2), one line naming what to grant; no backup taken, nothing changed."""
+    project.write_inventory(backup={"dir": str(project.backup_dir), "keep": 10, **DIRECTORY},
+                            restore={"mode": "swap"})
+    project.upgrade_to("0001")
+    folder = _backup(project)
+    before = project.state()
+    taken = set(_dumpdirs(project))
+
+    for args in (("rollback", "--restore", folder.name), ("migrate",)):
+        logs = set(project.run_logs())
+        result = project.run("prod", *args)
+        run_id = _new_run(project, logs)
+        assert result.returncode == 2, result.stdout + result.stderr
+        error = [ln for ln in result.stderr.splitlines() if ln.startswith("runbook:") and "swap needs" in ln]
+        assert len(error) == 1, result.stderr
+        assert "restore.mode: swap needs" in error[0] and "CREATEDB" in error[0] and "pg_signal_backend" in error[0]
+        assert "Nothing was done" in error[0] and "restore.mode: in-place" in error[0]
+        assert project.state() == before and set(_dumpdirs(project)) == taken
+        assert _copies(project) == []
+        record = journal(project, run_id)
+        assert record["status"] == "refused" and record["exit_code"] == 2
+        assert_nothing_left(project, run_id)
+
+
+def test_a_failed_migrate_rolls_back_by_swap_restore(swap_project: Project) -> None:
+    """migrate through a revision without a downgrade whose verification fails: the automatic rollback
+    restores the run's backup by swap (the application's session ended), exit 1, the database as
+    before the run, the run lock held to the end."""
+    project = swap_project
+    project.add_revision("0003", "0002", 'op.create_table("tags", sa.Column("id", sa.Integer, primary_key=True))',
+                         "raise NotImplementedError()", doc="tags, no way back",
+                         verify=[{"name": "impossible", "sql": "SELECT 1", "expect": 2}])
+    project.start_at_0002()
+    before = project.state()
+    app = project.db.connect(autocommit=True, application_name="rag-api")
+    try:
+        logs = set(project.run_logs())
+        result = project.run("prod", "migrate")
+        run_id = _new_run(project, logs)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "restored from the backup" in result.stderr, result.stderr
+        assert "rag-api" in result.stderr
+        with pytest.raises(psycopg.OperationalError):
+            app.execute("SELECT 1")
+    finally:
+        app.close()
+    assert project.state() == before
+    assert _copies(project) == [] and len(_kept(project)) == 1
+    events = _events(project, run_id)
+    names = [e["event"] for e in events]
+    assert "database_swapped" in names and "run_lock_lost" not in names, names
+    restore = next(e for e in events if e["event"] == "step_finished" and e["step"] == "restore")
+    assert restore["swap"]["before"] == _kept(project)[0]
+    record = journal(project, run_id)
+    assert record["status"] == "rolled_back" and record["exit_code"] == 1
+    assert_nothing_left(project, run_id)

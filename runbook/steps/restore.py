@@ -119,7 +119,8 @@ def restore(ctx: Context, backup: Backup, on_saved: Callable[[Backup], None] | N
     from . import swap
 
     if ctx.env.config.restore.mode == "swap":
-        swap.precheck(ctx)  # before anything: a missing right is exit 2
+        if ctx.swap_rights is None:
+            swap.precheck(ctx)  # before anything (a rollback or a migrate checked it already)
         check_checksum(ctx, backup, swap.jobs(ctx))
         saved = backup_step.take(ctx, label="_pre-restore")
         ctx.log.info("current_state_saved", **saved.fact())

@@ -26,9 +26,10 @@ copies it finds of its database). The database it replaced is kept, never droppe
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .. import dbswap, interrupts, postgres
 from ..context import Backup, Context
@@ -53,8 +54,8 @@ def precheck(ctx: Context) -> dbswap.Rights:
         rights = ctx.swap_rights = dbswap.rights(conn, db)
     if rights.missing:
         raise ConfigError(f"restore.mode: swap needs, for database user {rights.user} on {db}: "
-                          + "; ".join(rights.missing) + ". Nothing was done",
-                          hint="grant them (as a superuser), or set restore.mode: in-place in the inventory")
+                          + "; ".join(rights.missing) + ". Nothing was done: grant them (as a superuser), "
+                          "or set restore.mode: in-place in the inventory")
     return rights
 
 
@@ -82,8 +83,8 @@ def restore(ctx: Context, backup: Backup, on_changed: Callable[[], None]) -> dic
     db = ctx.database.name
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     copy, before = dbswap.side_name(db, "restore", stamp), dbswap.side_name(db, "before", stamp)
+    rights = ctx.swap_rights or precheck(ctx)
     with ctx.connect("restore") as conn:
-        rights = dbswap.rights(conn, db)
         for old in dbswap.side_of(conn, db):
             if old["kind"] == "restore":  # a copy of an earlier run that died (the run lock is ours)
                 conn.execute(dbswap.drop_sql(old["name"], force=True))
@@ -98,16 +99,18 @@ def restore(ctx: Context, backup: Backup, on_changed: Callable[[], None]) -> dic
     facts: dict[str, Any] = {"mode": "swap", "jobs": jobs(ctx), "copy": copy}
     swapped = False
     try:
-        with ctx.connect("restore") as conn:
+        with _said(ctx, f"creating the copy {copy}"), ctx.connect("restore") as conn:
             conn.execute(dbswap.create_sql(props, copy))
         ctx.log.info("restore_copy_created", database=copy, owner=props.owner, encoding=props.encoding,
                      tablespace=props.tablespace)
         _pg_restore(ctx, backup, copy)
         carried = dbswap.carry_over_sql(props, copy)
         if carried:
-            with ctx.connect("restore") as conn:
+            with _said(ctx, f"giving {copy} the settings, grants and comment of {db}"), \
+                    ctx.connect("restore") as conn:
                 conn.execute(_joined(carried))  # one implicit transaction, one round trip
-        _verify(ctx, copy, backup)
+        with _said(ctx, f"verifying the copy {copy}"):
+            _verify(ctx, copy, backup)
         swapped, ended = _swap(ctx, rights.maintenance, db, copy, before, on_changed)
     except BaseException as exc:
         with interrupts.shielded():
@@ -120,6 +123,19 @@ def restore(ctx: Context, backup: Backup, on_changed: Callable[[], None]) -> dic
     ctx.journal.save()
     facts.update(before=before, sessions_ended=ended)
     return facts
+
+
+@contextlib.contextmanager
+def _said(ctx: Context, doing: str) -> Iterator[None]:
+    """A database error while ``doing`` becomes one RestoreError saying the database is untouched."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RestoreError(f"swap restore: {doing} failed: {first} ({ctx.database.name} was not changed)",
+                           step="restore", host=ctx.host.name) from exc
 
 
 def _joined(statements: list[Any]) -> Any:
@@ -190,10 +206,15 @@ def _swap(ctx: Context, maintenance: str, db: str, copy: str, before: str,
                 ctx.log.warning("sessions_ended", database=db, count=len(outcome["ended"]),
                                 sessions=outcome["ended"],
                                 reason="the swap restore renames the database: no session may stay on it")
+                _say(ctx, f"runbook: ended {len(outcome['ended'])} session(s) of {db} for the swap: "
+                     + "; ".join(f"pid {e['pid']} {e['application'] or '-'} ({e['user']} from {e['client']}, "
+                                 f"{e['state']})" for e in outcome["ended"]))
             if outcome["swapped"] is not False:  # done, or perhaps done: the database may have changed
                 on_changed()
             if outcome["swapped"]:
                 ctx.log.info("database_swapped", database=db, restored_from=copy, kept_as=before)
+                _say(ctx, f"runbook: {db} is now the restored copy; the database it replaced is kept as "
+                     f"{before} until the next successful migrate or backup prunes it")
             _lock_again(ctx, lock, bool(outcome["swapped"]), db, before)
     return bool(outcome["swapped"]), outcome["ended"]
 
@@ -224,6 +245,14 @@ def _rename(ctx: Context, maintenance: str, db: str, copy: str, before: str, out
         state = "it was done" if done else "it may or may not be done" if done is None else f"{db} was not changed"
         raise RestoreError(f"the swap of {copy} into {db} lost its connection ({str(exc).strip()[:200]}): {state}",
                            step="restore", host=ctx.host.name) from exc
+
+
+def _say(ctx: Context, line: str) -> None:
+    """A line for the person at the terminal (or cron's mail); ``--json`` has the events."""
+    import click
+
+    if not ctx.options.json:
+        click.echo(line, err=True)
 
 
 def _ended(row: Any) -> dict[str, Any]:
