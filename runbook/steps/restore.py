@@ -129,7 +129,7 @@ def restore(ctx: Context, backup: Backup, on_saved: Callable[[Backup], None] | N
             facts.update(done)
         return saved
     db = ctx.database
-    check_checksum(ctx, backup)
+    check_checksum(ctx, backup, swap.jobs(ctx))
     saved = backup_step.take(ctx, label="_pre-restore")
     ctx.log.info("current_state_saved", **saved.fact())
     if on_saved is not None:
