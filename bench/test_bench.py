@@ -894,6 +894,7 @@ def test_11_bigdb_directory_backup_and_swap_restore(bench: Bench, report: Report
         _clear_all(folder)
         raw_dir = f"{folder}/raw.dumpdir"
         raw_dump = bench.as_host_user(["pg_dump", "-Fd", "-j", str(BIG_JOBS), *bench.conn_args(), "-f", raw_dir])
+        timed(bench.as_host_user(["mkdir", "-p", str(folder)]), quiet=False).check("mkdir")
         timed(raw_dump, env=bench.host_env()).check("pg_dump -Fd")  # warm-up: page cache
         ours: list[float] = []
         raw: list[float] = []

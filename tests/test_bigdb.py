@@ -31,6 +31,12 @@ from tests.fixtures.project import Project
 DIRECTORY = {"format": "directory", "jobs": 2}
 
 
+def _pg_restore_of(project: Project) -> str:
+    """A pgrep pattern for the pg_restore of a swap restore of ``project``'s database: the program
+    (``.../bin/pg_restore``), not the host job's shell, whose script names it too."""
+    return f"bin/pg_restore -j 2 --exit-on-error -d dbname={project.db.name[:20]}"
+
+
 # -- helpers ------------------------------------------------------------------------------------
 def _stamp_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -353,7 +359,7 @@ def test_swap_restore_killed_half_way_leaves_the_database_untouched(swap_project
 
     proc = project.start("prod", "rollback", "--restore", backup.name)
     try:
-        pid = _wait_for_process(f"pg_restore -j 2 --exit-on-error .*{project.db.name[:20]}", proc)
+        pid = _wait_for_process(_pg_restore_of(project), proc)
         os.kill(pid, signal.SIGKILL)
         out, err = proc.communicate(timeout=180)
     finally:
@@ -415,7 +421,7 @@ def test_a_killed_swap_restores_copy_is_dropped_by_the_next_run(swap_project: Pr
 
     proc = project.start("prod", "rollback", "--restore", backup.name)
     try:
-        _wait_for_process(f"pg_restore -j 2 --exit-on-error .*{project.db.name[:20]}", proc)
+        _wait_for_process(_pg_restore_of(project), proc)
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
     finally:
