@@ -502,3 +502,51 @@ def test_a_failed_migrate_rolls_back_by_swap_restore(swap_project: Project) -> N
     record = journal(project, run_id)
     assert record["status"] == "rolled_back" and record["exit_code"] == 1
     assert_nothing_left(project, run_id)
+
+
+def test_sigterm_during_a_swap_restore_changes_nothing(swap_project: Project) -> None:
+    """SIGTERM while pg_restore fills the copy: pg_restore is stopped on the host, the copy dropped,
+    the database and the application's session untouched (exit 1)."""
+    project = swap_project
+    project.start_at_0002()
+    _big_table(project, 300_000)
+    backup = _backup(project)
+    before = project.state()
+    app = project.db.connect(autocommit=True, application_name="rag-api")
+    logs = set(project.run_logs())
+    proc = project.start("prod", "rollback", "--restore", backup.name)
+    try:
+        _wait_for_process(_pg_restore_of(project), proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=180)
+        assert app.execute("SELECT 1").fetchone() == (1,), "the application's session was never ended"
+    finally:
+        app.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    run_id = _new_run(project, logs)
+    assert proc.returncode == 1, out + err
+    assert "failed before any change" in err, err
+    assert project.state() == before
+    assert _copies(project) == [] and _kept(project) == []
+    record = journal(project, run_id)
+    assert record["status"] == "failed" and record["interrupted"]["signal"] == "SIGTERM"
+    assert record["hosts"]["db1"]["swap"]["state"] == "dropped"
+    assert_nothing_left(project, run_id)
+
+
+def test_swap_restore_of_a_custom_format_backup(swap_project: Project) -> None:
+    """A custom-format file restores by swap too (pg_restore -j reads a -Fc file written to disk)."""
+    project = swap_project
+    project.write_inventory(backup={"dir": str(project.backup_dir), "keep": 10},
+                            restore={"mode": "swap", "jobs": 2})
+    project.upgrade_to("0001")
+    at_backup = project.state()
+    assert project.run("prod", "migrate").returncode == 0
+    (backup,) = project.backups()
+    result = project.run("prod", "rollback", "--restore", backup.name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "pg_restore -j 2" in result.stderr and "database_swapped" in result.stderr
+    assert project.state() == at_backup
+    assert _copies(project) == [] and len(_kept(project)) == 1
