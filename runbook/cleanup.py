@@ -4,15 +4,16 @@ A run killed half-way (SIGKILL, a closed laptop, a lost control machine) leaves 
 ``running``. The next run on this control machine reports it (``previous_run_incomplete``: its last
 step) and, on the host it reaches, ends what that run may have left: commands still running under
 its tag (a cut link leaves them running until sshd notices), its database sessions (their
-transactions roll back), its password files on the host and under ``.runbook/secrets``, and the
-copy a swap restore was restoring into (``<db>__runbook_restore_<stamp>``, named in its journal).
+transactions roll back), the scratch database of its rehearsal, the copy its swap restore was
+restoring into (``<db>__runbook_restore_<stamp>``, named in its journal), its password files on the
+host and under ``.runbook/secrets``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from . import appenv, journal, postgres
+from . import appenv, journal, postgres, rehearsal
 from .hostcmd import remove_pgpass_of
 
 
@@ -44,8 +45,11 @@ def end_leftovers(ctx: Any, run_id: str) -> None:
         log.warning("dead_run_host_commands_stopped", previous_run=run_id)
     with ctx.connect("cleanup") as conn:
         ended = postgres.terminate_run_sessions(conn, run_id)
+        scratch = rehearsal.drop_leftovers(conn, ctx.database.name, run_id=run_id)
     if ended:
         log.warning("dead_run_sessions_terminated", previous_run=run_id, sessions=ended)
+    for name in scratch:
+        log.warning("rehearsal_leftover_dropped", previous_run=run_id, database=name)
     removed = remove_pgpass_of(ctx, run_id)
     if removed:
         log.warning("stale_password_file_removed", previous_run=run_id, files=removed)

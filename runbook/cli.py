@@ -15,11 +15,11 @@ from typing import Any
 
 import click
 
-ALEMBIC_STEPS = frozenset({"upgrade", "downgrade", "check_locks", "verify", "rollback"})
+ALEMBIC_STEPS = frozenset({"upgrade", "downgrade", "check_locks", "verify", "rollback", "rehearse"})
 
 EPILOG = """\b
-Playbooks: migrate, rollback, backup, verify (files in playbooks/); built in: status, history,
-schedule PLAYBOOK.
+Playbooks: migrate, rollback, backup, verify, rehearse, migrate-rehearsed (files in playbooks/);
+built in: status, history, schedule PLAYBOOK.
 \b
 Exit codes:
   0  done, verified
@@ -65,6 +65,7 @@ def cli(inventory_path: str, yes: bool, json_out: bool, to: str | None, dry_run:
       runbook prod rollback --restore  incident: restore the newest verified backup (asks first)
       runbook prod status              revisions, pending, last runs, backups, lock holders now
       runbook prod history             past runs: outcome, duration, revisions, backup, who and how
+      runbook prod rehearse            the pending migrations on a scratch copy of production, then dropped
       runbook prod schedule migrate    systemd timer + service (and a crontab line) for the window
       runbook local migrate            the embedded default: a throwaway local PostgreSQL
     """
@@ -114,6 +115,7 @@ def execute(inventory_path: Path, env_name: str, playbook_name: str, options: An
     from .journal import new_run_id
 
     log.configure(json_stdout=options.json, tty=sys.stderr.isatty())
+    known: dict[str, Any] = {}  # what _plan learnt before it refused: the environment, the playbook
     with interrupts.installed(on_ignored=_signal_ignored), contextlib.ExitStack() as cleanup:
         cleanup.callback(early.discard)  # what was opened early and nobody took (see early.py)
         try:
@@ -121,7 +123,7 @@ def execute(inventory_path: Path, env_name: str, playbook_name: str, options: An
                 from .history import render as history
 
                 return history(inventory_path, env_name, options)
-            plan = _plan(inventory_path, env_name, playbook_name, options, new_run_id())
+            plan = _plan(inventory_path, env_name, playbook_name, options, new_run_id(), known)
             if playbook_name == "status":
                 from .status import render as status
 
@@ -131,6 +133,9 @@ def execute(inventory_path: Path, env_name: str, playbook_name: str, options: An
 
                 return render(plan, options)
         except RunbookError as exc:
+            if "env" in known and playbook_name != "status" and not options.dry_run:
+                with interrupts.shielded():
+                    _refused(known["env"], known.get("playbook"), playbook_name, exc)
             _error(options, exc)
             return exc.exit_code
         except interrupts.Interrupted as exc:  # before anything was touched
@@ -175,7 +180,8 @@ class Plan:
         self.refusal = refusal  # a guard's refusal, journaled by the run (nothing is touched)
 
 
-def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any, run_id: str) -> Plan:
+def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any, run_id: str,
+          known: dict[str, Any] | None = None) -> Plan:
     from . import inventory, playbook
     from .errors import ConfigError
     from .log import REDACTOR
@@ -189,8 +195,15 @@ def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any,
     if options.limit is not None:
         raise ConfigError("--limit only applies to history")
     REDACTOR.add(*env.secrets())
+    known = {} if known is None else known
+    known["env"] = env
     # status is built in: read-only, no run lock, no journal of its own
     pb = None if playbook_name == "status" else playbook.load(playbook.find(playbook_name, inv.path.parent))
+    known["playbook"] = pb
+    if pb is not None and not options.dry_run:
+        from .notify import check
+
+        check(env, inv)  # the webhook's variable, before a refusal would need it
     refusal = None
     if not options.dry_run and not options.ignore_window:
         from .guards import outside_window
@@ -208,7 +221,7 @@ def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any,
         verify.load_all(migrations)
         if options.to:
             migrations.resolve(options.to)
-        upgrade = [s for s in (pb.steps if pb is not None else []) if s.kind == "upgrade"]
+        upgrade = [s for s in (pb.steps if pb is not None else []) if s.kind in ("upgrade", "rehearse")]
         if upgrade and not options.to:
             migrations.resolve(upgrade[0].params.to)  # e.g. 'head' with several heads: refused here
     if options.restore is not None and (pb is None or "rollback" not in pb.kinds()):
@@ -255,12 +268,17 @@ def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
     jr.save()
     logger = structlog.get_logger("runbook")
     kwargs = {"sleep": sleep} if sleep is not None else {}
+    started = None
     with structlog.contextvars.bound_contextvars(run_id=run_id, env=env.name):
         try:
             logger.info("run_requested", playbook=plan.playbook.name, playbook_file=str(plan.playbook.path),
                         to=options.to, hosts=[h.name for h in env.hosts], log=str(jr.log_path))
             if plan.refusal is not None:
                 raise plan.refusal
+            if env.config.notify:
+                from .notify import Notifier
+
+                started = Notifier(env).started(jr.record, jr.log_path)  # in the background
             outcome = Engine(env, plan.playbook, options, jr, plan.migrations, **kwargs).run()
         except (RunbookError, interrupts.Interrupted) as exc:
             with interrupts.shielded():
@@ -270,6 +288,7 @@ def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
                     jr.record.setdefault("interrupted", {"signal": exc.name, "step": None})
                 logger.error("run_finished", exit_code=code, status=status, error=str(exc))
                 jr.finish(status, code)
+                _after(env, jr.record, jr.log_path, code, str(exc), getattr(exc, "hint", None), started)
                 RUN_LOG.close()
                 if isinstance(exc, interrupts.Interrupted):
                     _say(options, f"runbook: {exc} before anything was touched", err=True)
@@ -281,6 +300,8 @@ def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
             with interrupts.shielded():
                 logger.exception("internal_error")
                 jr.finish("internal_error", NEEDS_PERSON)
+                _after(env, jr.record, jr.log_path, NEEDS_PERSON, f"internal error: {type(exc).__name__}: {exc}",
+                       f"runbook {env.name} status", started)
                 RUN_LOG.close()
                 if not isinstance(exc, Exception):
                     raise
@@ -296,9 +317,40 @@ def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
             logger.info("run_finished", exit_code=outcome.code, status=outcome.status,
                         message=outcome.message, next=outcome.next_command)
             jr.finish(outcome.status, outcome.code)
+        _after(env, jr.record, jr.log_path, outcome.code, outcome.message, outcome.next_command, started)
     RUN_LOG.close()
     _report(options, outcome, jr)
     return outcome.code
+
+
+def _after(env: Any, record: dict[str, Any], log_path: Any, code: int, message: str | None,
+           next_command: str | None, started: Any = None) -> None:
+    """What the world outside learns of a run once its journal is final: the metrics file, the
+    webhook. Neither changes the outcome; each logs its own failure; the wait is bounded."""
+    if env.config.metrics:
+        from . import metrics
+
+        metrics.write(env)
+    if env.config.notify:
+        from .notify import Notifier
+
+        Notifier(env).finished(record, code, log_path=log_path, message=message, next_command=next_command,
+                               started=started)
+
+
+def _refused(env: Any, pb: Any, playbook_name: str, exc: Any) -> None:
+    """Bad input found once the environment is known (a flag, a playbook, a missing --yes): no
+    run, no journal, but the webhook hears of it (``run_id`` null). A guard's refusal is a run:
+    ``_run`` journals it and tells the webhook and the metrics like any other."""
+    if not env.config.notify:
+        return
+    from .journal import now_iso
+    from .notify import Notifier
+
+    now = now_iso()
+    record = {"run_id": None, "env": env.name, "playbook": pb.name if pb is not None else playbook_name,
+              "status": "refused", "exit_code": exc.exit_code, "started": now, "finished": now, "hosts": {}}
+    Notifier(env).finished(record, exc.exit_code, message=str(exc), next_command=getattr(exc, "hint", None))
 
 
 def _report(options: Any, outcome: Any, jr: Any) -> None:

@@ -2,8 +2,8 @@
 
 ``EmbeddedCluster(state_dir)`` keeps one local cluster under ``state_dir / "pg"`` (data directory,
 socket directory, server log and the port chosen at creation): ``ensure()`` creates it if missing
-(initdb), starts it if it is not running and creates the ``raguser`` role and ``rag_memory``
-database if missing; ``stop()`` stops the server only if this object started it, so a server
+(initdb), starts it if it is not running and creates the ``raguser`` role (with CREATEDB, for the
+scratch database of ``local rehearse``) and ``rag_memory`` database if missing; ``stop()`` stops the server only if this object started it, so a server
 another run or a person started is left alone. As root, the server runs as the ``postgres`` user
 through ``runuser``, as PostgreSQL refuses to run as root.
 
@@ -307,7 +307,8 @@ class EmbeddedCluster:
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(DB_USER)))
             # The verifier, computed here: the password itself never reaches the server's log.
             verifier = conn.pgconn.encrypt_password(password.encode(), DB_USER.encode(), b"scram-sha-256")
-            conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(
+            # CREATEDB: `runbook local rehearse` restores a copy into a scratch database beside it.
+            conn.execute(sql.SQL("ALTER ROLE {} LOGIN CREATEDB PASSWORD {}").format(
                 sql.Identifier(DB_USER), sql.Literal(verifier.decode())))
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
                             (DB_NAME,)).fetchone() is not None:

@@ -66,6 +66,8 @@ class Engine:
                     outcome = Outcome(code, status_of_error(code), f"{host.name}: {exc}",
                                       getattr(exc, "hint", None))
             done.append((host.name, outcome))
+            if len(hosts) > 1:  # a fleet's status is its worst host's: each host's own, for metrics and webhooks
+                self.journal.host(host.name).update(status=outcome.status, exit_code=outcome.code)
             if outcome.code != 0:
                 break
         if len(hosts) == 1:
@@ -103,6 +105,9 @@ class Engine:
                 if session.created:
                     self._load_sample(ctx)
                 cleanup.dead_runs(ctx)
+                from .steps.rehearse import preflight
+
+                preflight(ctx, self.playbook.steps)  # a rehearsal's privileges, a killed one's leftovers
                 ctx.start = ctx.current()
                 record = self.journal.host(host.name)
                 record.update(start_revision=fmt(ctx.start), database=ctx.database.name)
@@ -208,6 +213,9 @@ class Engine:
             what = f"{what}: nothing to migrate"
         if "verify" in self.playbook.kinds():
             what += ", verified"
+        rehearsed = (self.journal.host(ctx.host.name).get("rehearsal") or {}).get("summary")
+        if rehearsed:
+            what += f"; {rehearsed}"
         return Outcome(OK, "succeeded", what)
 
     def _rollback(self, ctx: Context, error: BaseException) -> Outcome:

@@ -137,7 +137,7 @@ class HostSession:
 
         assert self.endpoint is not None
         try:
-            with self.db("connect"):
+            with self.db(self._shared_name or "connect"):  # opened early: as named then
                 pass
         except psycopg.OperationalError as exc:
             reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__

@@ -149,6 +149,61 @@ class AlembicConfig(_Model):
         return value
 
 
+def _variable_name(value: str) -> str:
+    if not value or not value.replace("_", "a").isalnum() or value[0].isdigit():
+        raise ValueError("must be the NAME of an environment variable (letters, digits, _)")
+    return value
+
+
+NOTIFY_EVENTS = ("started", "succeeded", "failed", "needs_person", "refused")
+
+
+class NotifyConfig(_Model):
+    """A webhook told how runs go (runbook/notify.py). The URL is a secret: only the name of the
+    variable holding it is written here."""
+
+    webhook_env: str
+    format: Literal["json", "slack"] = "json"
+    # the runs somebody must hear of: a success is news only to those who ask for it
+    on: list[str] = ["failed", "needs_person", "refused"]
+    timeout: Duration = 5.0  # of one HTTP attempt (3 attempts at most)
+
+    @field_validator("webhook_env")
+    @classmethod
+    def _webhook_env(cls, value: str) -> str:
+        return _variable_name(value)
+
+    @field_validator("on")
+    @classmethod
+    def _events(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError(f"names no event: list some of {', '.join(NOTIFY_EVENTS)} (or remove the notify block)")
+        for name in value:
+            if name not in NOTIFY_EVENTS:
+                raise ValueError(f"'{name}' is not an event (one of {', '.join(NOTIFY_EVENTS)})")
+        return list(dict.fromkeys(value))
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: float) -> float:
+        if not 0 < value <= 60:
+            raise ValueError("must be more than 0 and at most 60s (a notification never holds a run up for long)")
+        return value
+
+
+class MetricsConfig(_Model):
+    """The Prometheus textfile written after every run (runbook/metrics.py)."""
+
+    textfile: str
+
+    @field_validator("textfile")
+    @classmethod
+    def _prom(cls, value: str) -> str:
+        if not value.endswith(".prom"):
+            raise ValueError(f"'{value}' must end in .prom (node_exporter's textfile collector reads only *.prom files)")
+        return value
+
+
 class CheckConfig(_Model):
     name: str
     sql: str
@@ -173,6 +228,8 @@ class EnvironmentConfig(_Model):
     locks: LocksConfig = LocksConfig()
     alembic: AlembicConfig = AlembicConfig()
     verify: list[CheckConfig] = []
+    notify: NotifyConfig | None = None
+    metrics: MetricsConfig | None = None
 
 
 class InventoryFile(_Model):
@@ -210,6 +267,7 @@ class Environment:
     inventory_path: Path
     alembic_ini: Path
     state_dir: Path
+    webhook: str | None = field(default=None, repr=False)  # notify's URL (a secret), if its variable is set
 
     @property
     def protected(self) -> bool:
@@ -220,12 +278,16 @@ class Environment:
         return self.config.embedded
 
     def secrets(self) -> list[str]:
-        return [h.database.password for h in self.hosts if h.database and h.database.password]
+        passwords = [h.database.password for h in self.hosts if h.database and h.database.password]
+        return passwords + ([self.webhook] if self.webhook else [])
 
     def secret_vars(self) -> list[str]:
-        """The names of the variables that hold this environment's passwords (never inherited by
-        the commands runbook starts on this machine)."""
-        return sorted({h.database.password_env for h in self.hosts if h.database and h.database.password_env})
+        """The names of the variables that hold this environment's secrets: passwords and the
+        webhook URL (never inherited by the commands runbook starts on this machine)."""
+        names = {h.database.password_env for h in self.hosts if h.database and h.database.password_env}
+        if self.config.notify:
+            names.add(self.config.notify.webhook_env)
+        return sorted(n for n in names if n)
 
 
 @dataclass(frozen=True)
@@ -295,7 +357,24 @@ class Inventory:
         if cfg.embedded and not hosts:
             hosts.append(Host("localhost", None, None))
         alembic_ini = self._alembic_ini(cfg, name)
-        return Environment(name, cfg, tuple(hosts), self.path, alembic_ini, self.state_dir)
+        self._own_textfile(cfg, name)
+        # Read here, checked by the runs that would send (notify.check): status and --dry-run
+        # send nothing, so an operator's shell without the variable can still use them.
+        webhook = (environ.get(cfg.notify.webhook_env) or None) if cfg.notify else None
+        return Environment(name, cfg, tuple(hosts), self.path, alembic_ini, self.state_dir, webhook)
+
+    def _own_textfile(self, cfg: EnvironmentConfig, name: str) -> None:
+        """Each environment rewrites its whole metrics file after each run: two sharing one would
+        erase each other's series."""
+        if cfg.metrics is None:
+            return
+        mine = expand(cfg.metrics.textfile, self.path.parent)
+        for other, ocfg in self.file.environments.items():
+            if other != name and ocfg.metrics and expand(ocfg.metrics.textfile, self.path.parent) == mine:
+                raise ConfigError(
+                    f"environments.{name}.metrics.textfile: {mine} is also the file of environment '{other}': "
+                    "give each environment its own .prom file", path=str(self.path),
+                    line=yamlfile.line_of(self.tree, ["environments", name, "metrics", "textfile"]))
 
     def _alembic_ini(self, cfg: EnvironmentConfig, name: str) -> Path:
         if cfg.alembic.config:

@@ -57,6 +57,12 @@ class NoParams(_Params):
     pass
 
 
+class RehearseParams(_Params):
+    to: str = "head"
+    backup: Literal["newest", "new"] = "newest"  # new: always take a fresh backup to rehearse on
+    max_age: Duration = 86400.0  # "newest": an older backup (data drifts) is not used, a new one is taken
+
+
 class ShellParams(_Params):
     command: str
     timeout: Duration = 600.0
@@ -72,6 +78,7 @@ PARAMS: dict[str, type[_Params]] = {
     "shell": ShellParams,
     "rollback": NoParams,
     "prune": NoParams,
+    "rehearse": RehearseParams,
 }
 
 
@@ -152,6 +159,19 @@ def _step(entry: Any, tree: Any, path: Path, loc: list[Any]) -> Step:
     return Step(kind, params, line)
 
 
+def _rehearse_before_upgrade(steps: tuple[Step, ...], failure: tuple[Step, ...], path: Path) -> None:
+    """A rehearsal tries what the upgrade will do: after it (or as a rollback step) it has nothing to try."""
+    kinds = [s.kind for s in steps]
+    for i, step in enumerate(steps):
+        if step.kind == "rehearse" and "upgrade" in kinds[:i]:
+            raise ConfigError("'rehearse' comes after 'upgrade': it tries the migrations before they reach "
+                              "production, so it must come before the upgrade", path=str(path), line=step.line)
+    for step in failure:
+        if step.kind == "rehearse":
+            raise ConfigError("'rehearse' cannot be an on_failure step: it tries migrations before the "
+                              "upgrade", path=str(path), line=step.line)
+
+
 def load(path: Path) -> Playbook:
     tree = yamlfile.load(path, "playbook")
     if not isinstance(tree, dict):
@@ -170,4 +190,5 @@ def load(path: Path) -> Playbook:
                           line=yamlfile.line_of(tree, ["on_failure"]))
     steps = tuple(_step(e, tree, path, ["steps", i]) for i, e in enumerate(tree["steps"]))
     failure = tuple(_step(e, tree, path, ["on_failure", i]) for i, e in enumerate(on_failure))
+    _rehearse_before_upgrade(steps, failure, path)
     return Playbook(path.stem, path, str(tree.get("description") or ""), steps, failure)

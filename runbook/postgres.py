@@ -8,11 +8,12 @@ that run on the host read it from a 0600 PGPASSFILE written for the command and 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from .transports.base import quote
 
 APP_NAME = "runbook"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -201,13 +202,24 @@ def sessions(conn: Any, *, runbook: bool = False) -> list[Session]:
 
     runbook's own sessions are left out unless ``runbook`` (status shows those of a run going on,
     or left behind by a killed one)."""
-    locks: dict[int, list[str]] = {}
-    # both queries in one round trip (pipeline mode)
-    with conn.pipeline(), conn.cursor() as lock_cur, conn.cursor() as cur:
-        lock_cur.execute(TABLE_LOCKS_SQL)
-        cur.execute(ACTIVITY_SQL.replace(_NOT_RUNBOOK, "") if runbook else ACTIVITY_SQL)
+    with conn.pipeline():  # both queries in one round trip
+        return read_sessions(*queue_sessions(conn, runbook=runbook))
+
+
+def queue_sessions(conn: Any, *, runbook: bool = False) -> tuple[Any, Any]:
+    """The two queries of ``sessions``, queued in the connection's pipeline: their cursors."""
+    lock_cur, cur = conn.cursor(), conn.cursor()
+    lock_cur.execute(TABLE_LOCKS_SQL, prepare=False)
+    cur.execute(ACTIVITY_SQL.replace(_NOT_RUNBOOK, "") if runbook else ACTIVITY_SQL, prepare=False)
+    return lock_cur, cur
+
+
+def read_sessions(lock_cur: Any, cur: Any) -> list[Session]:
+    """``sessions`` from the cursors of ``queue_sessions`` (closed after)."""
+    with lock_cur, cur:
         lock_rows = lock_cur.fetchall()
         rows = cur.fetchall()
+    locks: dict[int, list[str]] = {}
     for pid, relname, nsp, mode, granted in lock_rows:
         name = relname if nsp == "public" else f"{nsp}.{relname}"
         locks.setdefault(pid, []).append(f"{name}:{mode}{'' if granted else ' (waiting)'}")
@@ -223,22 +235,36 @@ def touching(session: Session, tables: Iterable[str]) -> bool:
 
 
 def then_revisions(conn: Any, sql: str, params: Any) -> tuple[Any, tuple[str, ...]]:
-    """``sql``'s first row, then the rows of alembic_version, in one round trip (pipelined, on an
-    autocommit session): the revisions are read after ``sql`` ran. A missing table (base) is the
-    error that says so; it comes after ``sql``'s answer, so that stays good (but a setting ``sql``
-    made with ``set_config`` is undone with the failed implicit transaction)."""
+    """``sql``'s first row, then the rows of alembic_version, in one round trip (``with_revisions``)."""
+    def queue() -> Any:
+        cur = conn.cursor()
+        cur.execute(sql, params, prepare=False)
+        return cur
+
+    first, revisions = with_revisions(conn, queue)
+    return first.fetchone(), revisions
+
+
+def with_revisions(conn: Any, queue: Callable[[], T]) -> tuple[T, tuple[str, ...]]:
+    """What ``queue()`` sends (it queues statements and returns their cursors, or whatever reads
+    them), then the rows of alembic_version, in one round trip: pipelined, on an autocommit session,
+    the revisions read after the rest ran. A missing table (base) is the error that says so; it comes
+    last, so the answers before it stay good (but a setting made with ``set_config`` is undone with
+    the failed implicit transaction). Nothing is prepared: psycopg would count a PREPARE the server
+    skipped after an error as made."""
     import psycopg
 
-    with conn.pipeline() as pipeline:
-        first, revs = conn.cursor(), conn.cursor()
-        first.execute(sql, params)
-        try:
-            revs.execute("SELECT version_num FROM alembic_version ORDER BY 1")
-            pipeline.sync()  # (an error can also arrive while the second is queued)
-        except psycopg.errors.UndefinedTable:
-            pipeline.sync()  # the rest of the answers
-            return first.fetchone(), ()
-        return first.fetchone(), tuple(r[0] for r in revs.fetchall())
+    queued: Any = None
+    try:
+        # The pipeline's end is its one sync (an explicit sync() before it would cost a second
+        # round trip): the answers are read after the block.
+        with conn.pipeline():
+            queued = queue()
+            revs = conn.cursor()
+            revs.execute("SELECT version_num FROM alembic_version ORDER BY 1", prepare=False)
+    except psycopg.errors.UndefinedTable:
+        return queued, ()
+    return queued, tuple(r[0] for r in revs.fetchall())
 
 
 def current_revisions(conn: Any) -> tuple[str, ...]:

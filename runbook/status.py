@@ -39,12 +39,17 @@ def host_status(viewer: Any, host: Any) -> dict[str, Any]:
         # round trips overlap instead of adding up.
         folder = on_host(folder_of(env), transport)
         listing = Pending(lambda: list_backups(transport, folder, db.name, env.name), "status-backups")
-        with ctx.connect("status") as conn:  # only reads (two round trips)
-            current = postgres.current_revisions(conn)
-            with conn.pipeline(), conn.cursor() as holder, conn.cursor() as side:
-                holder.execute(postgres.RUN_LOCK_HOLDER_SQL, postgres.RUN_LOCK)
-                side.execute(dbswap.SIDE_SQL, dbswap.side_params(db.name))  # swap restores' databases
-                sessions = postgres.sessions(conn, runbook=True)  # syncs: the others' answers come along
+        with ctx.connect("status") as conn:  # only reads, in one round trip
+
+            def queue() -> tuple[Any, Any, tuple[Any, Any]]:
+                holder, side = conn.cursor(), conn.cursor()
+                holder.execute(postgres.RUN_LOCK_HOLDER_SQL, postgres.RUN_LOCK, prepare=False)
+                side.execute(dbswap.SIDE_SQL, dbswap.side_params(db.name), prepare=False)  # swap restores'
+                return holder, side, postgres.queue_sessions(conn, runbook=True)
+
+            (holder, side, queued), current = postgres.with_revisions(conn, queue)
+            sessions = postgres.read_sessions(*queued)
+            with holder, side:
                 run_lock = _holder_fact(holder.fetchone())
                 kept = dbswap.side_databases(side.fetchall(), db.name)
         found = listing.result()

@@ -80,16 +80,18 @@ def test_another_run_holding_the_lock_closes_the_early_sessions(app_at_0001: Pro
     """Refused because another run holds the run lock (exit 4): the sessions opened early for the
     refused run are closed, and the holder keeps its lock."""
     project = app_at_0001
-    _migrate_with_pause(project, 4)
+    _migrate_with_pause(project, 8)
     first = project.start("prod", "migrate")
     project.wait_event("step_started", proc=first, step="shell")
-    before = {p for p, *_ in runbook_sessions(project)}
+    first_id = newest_run_id(project)
     second = project.run("prod", "migrate")
     assert second.returncode == 4, second.stdout + second.stderr
     assert "another runbook run is in progress" in second.stderr
+    second_id = newest_run_id(project)
+    assert second_id != first_id
     time.sleep(0.3)
-    left = [s for s in runbook_sessions(project) if s[0] not in before]
-    assert left == [], f"sessions of the refused run remain: {left}"
+    assert runbook_sessions(project, second_id) == [], "sessions of the refused run remain"
+    assert any(app.startswith("runbook:lock") for _, app, _, _ in runbook_sessions(project, first_id))
     out, err = first.communicate(timeout=120)
     assert first.returncode == 0, out + err
     assert project.db.alembic_version() == {"0002"}

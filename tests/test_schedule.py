@@ -388,7 +388,11 @@ def test_crontab_line_runs_with_the_secrets_from_the_environment_file(ops: Path,
     assert ran.returncode == 4, ran.stdout + ran.stderr
     assert "outside the maintenance window of 'prod'" in ran.stderr
     assert SECRET not in ran.stdout + ran.stderr
-    assert not (ops / ".runbook").exists(), "refused before anything: no journal"
+    # refused before anything: the journal says so (a refusal is a run of its own, for history and
+    # metrics), and no backup was taken
+    records = [json.loads(p.read_text()) for p in (ops / ".runbook" / "runs").glob("*.json")]
+    assert [r["status"] for r in records] == ["refused"], records
+    assert not (ops / ".runbook" / "backups").exists() or not any((ops / ".runbook" / "backups").iterdir())
 
 
 # --------------------------------------------------------------------------- --install --user

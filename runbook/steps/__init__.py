@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 
 def runner(kind: str) -> Callable[[Any, Any], dict[str, Any]]:
-    from . import backup, locks, migrate, prune, restore, rollback, shell, verify
+    from . import backup, locks, migrate, prune, rehearse, restore, rollback, shell, verify
 
     table: dict[str, Callable[[Any, Any], dict[str, Any]]] = {
         "backup": backup.run,
@@ -18,5 +18,6 @@ def runner(kind: str) -> Callable[[Any, Any], dict[str, Any]]:
         "shell": shell.run,
         "rollback": rollback.run,
         "prune": prune.run,
+        "rehearse": rehearse.run,
     }
     return table[kind]

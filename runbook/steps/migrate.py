@@ -122,24 +122,31 @@ def upgrade(ctx: Context, params: Any) -> dict[str, Any]:
 
 
 def prepare(ctx: Context, steps: Any) -> None:
-    """Before the first step: the playbook's upgrade, if it will apply something, gets its database
-    connection opened in the background while the steps before it (the backup) run. Its first try's
-    settings, so the try takes it; a retry, with other settings, opens its own."""
+    """Before the first step: the playbook's first Alembic run gets its database connection opened
+    in the background while the steps before it (the backup) run. An upgrade only if it will apply
+    something; a downgrade (or the ``rollback`` step's) unless the rollback restores a backup
+    instead. Its first try's settings, so the try takes it; a retry, with other settings, opens
+    its own."""
     from ..retry import lock_timeout_for
 
-    first = next((s for s in steps if s.kind == "upgrade"), None)
+    first = next((s for s in steps if s.kind in ("upgrade", "downgrade", "rollback")), None)
     if first is None or ctx.options.dry_run:
         return
-    try:
-        if not ctx.migrations.pending(ctx.start, ctx.options.to or first.params.to):
+    if first.kind == "upgrade":
+        try:
+            if not ctx.migrations.pending(ctx.start, ctx.options.to or first.params.to):
+                return
+        except Exception:  # noqa: BLE001 - the step itself reports it
             return
-    except Exception:  # noqa: BLE001 - the step itself reports it
+    elif ctx.options.restore is not None:
         return
-    if ctx.env.config.restore.mode == "swap":  # its rollback may restore: refused now if it could not
+    if ctx.env.config.restore.mode == "swap" and first.kind == "upgrade":
+        # its rollback may restore: refused now if it could not (``rollback`` checks for itself)
         from .swap import precheck
 
         precheck(ctx)
-    ctx.migrations.prepare("upgrade", ctx.settings(lock_timeout_for(1, ctx.locks.lock_timeout)))
+    direction = "upgrade" if first.kind == "upgrade" else "downgrade"
+    ctx.migrations.prepare(direction, ctx.settings(lock_timeout_for(1, ctx.locks.lock_timeout)))
 
 
 def irreversible(ctx: Context, rev: Revision) -> bool:

@@ -38,6 +38,8 @@ CHECK_SETTINGS_SQL = ("SELECT set_config('statement_timeout', '60000', true), "
 def run_checks(conn: Any, checks: list[CheckConfig]) -> list[str | None]:
     """Each check's problem (None if it holds), in one transaction that is always rolled back.
 
+    Nothing is prepared (psycopg prepares a statement run five times): after an error the server
+    skips the rest of a batch, a PREPARE among them, which psycopg would still count as made.
     Every check runs in a savepoint rolled back after it, so a probe INSERT leaves nothing behind
     and no check sees another's effects. Round trips: the checks go to the server together, in
     pipeline mode, and come back with one sync; a check that raises an error (a probe that is
@@ -47,13 +49,13 @@ def run_checks(conn: Any, checks: list[CheckConfig]) -> list[str | None]:
     """
     problems: list[str | None] = []
     with conn.pipeline() as pipeline:
-        conn.execute("BEGIN")
-        conn.execute(CHECK_SETTINGS_SQL)
+        conn.execute("BEGIN", prepare=False)
+        conn.execute(CHECK_SETTINGS_SQL, prepare=False)
         try:
             while len(problems) < len(checks):
                 problems.extend(_batch(conn, pipeline, checks[len(problems):]))
         finally:
-            conn.execute("ROLLBACK")
+            conn.execute("ROLLBACK", prepare=False)
     return problems
 
 
@@ -66,11 +68,11 @@ def _batch(conn: Any, pipeline: Any, checks: list[CheckConfig]) -> list[str | No
     error = None
     try:
         for check in checks:
-            conn.execute("SAVEPOINT runbook_check")
+            conn.execute("SAVEPOINT runbook_check", prepare=False)
             cur = conn.cursor()
             cursors.append(cur)
-            cur.execute(check.sql)
-            conn.execute("ROLLBACK TO SAVEPOINT runbook_check")
+            cur.execute(check.sql, prepare=False)
+            conn.execute("ROLLBACK TO SAVEPOINT runbook_check", prepare=False)
     except psycopg.errors.PipelineAborted:
         pass  # an earlier error is on its way
     except psycopg.OperationalError:
@@ -84,7 +86,7 @@ def _batch(conn: Any, pipeline: Any, checks: list[CheckConfig]) -> list[str | No
             if cur.pgresult is None:  # the check that raised ``error``
                 assert error is not None
                 problems.append(_judge_error(check, error))
-                conn.execute("ROLLBACK TO SAVEPOINT runbook_check")  # leaves the failed state
+                conn.execute("ROLLBACK TO SAVEPOINT runbook_check", prepare=False)  # leaves the failed state
                 break
             problems.append(_judge(check, cur.fetchone() if cur.description else None))
     finally:
