@@ -30,13 +30,15 @@ class Options:
 
 @dataclass
 class Backup:
-    """A verified backup on the database host."""
+    """A verified backup on the database host; or (``database``) a database a swap restore kept
+    on the server, ``path`` its name: the state it replaced, put back by swapping it in again."""
 
     path: str
     size: int
     sha256: str
     revision: str
     created: str
+    database: bool = False
 
     @property
     def name(self) -> str:

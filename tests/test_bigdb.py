@@ -330,6 +330,8 @@ def test_swap_restore_ends_the_sessions_and_lands_on_the_backup(swap_project: Pr
     assert swapped["kept_as"] == kept
     finished = next(e for e in events if e["event"] == "step_finished" and e["step"] == "rollback")
     assert finished["swap"]["before"] == kept and finished["to"] == "0001"
+    assert finished["saved_current_state"] == kept, "the replaced database is the saved state"
+    assert not [p for p in _dumpdirs(project) if "_pre-restore" in p.name], "no dump of it was taken"
     verified = next(e for e in events if e["event"] == "step_finished" and e["step"] == "verify")
     assert verified["failed"] == 0 and verified["revision"] == "0001"
     record = journal(project, run_id)
@@ -338,11 +340,53 @@ def test_swap_restore_ends_the_sessions_and_lands_on_the_backup(swap_project: Pr
 
     status = project.run("prod", "status")
     assert f"kept database {kept}" in status.stdout, status.stdout
+
+    # the kept database is swapped back in by name: the state before the rollback, nothing lost
+    logs = set(project.run_logs())
+    back = project.run("prod", "rollback", "--restore", kept)
+    run_id = _new_run(project, logs)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert f"<- the kept database {kept}" in back.stderr
+    assert project.state() == latest
+    (kept_again,) = _kept(project)
+    assert kept_again != kept and project.db.server.alembic_version(kept_again) == {"0001"}
+    assert _copies(project) == []
+    assert_nothing_left(project, run_id)
+
     logs = set(project.run_logs())
     assert project.run("prod", "backup").returncode == 0
     pruned = [e for e in _events(project, _new_run(project, logs)) if e["event"] == "kept_database_dropped"]
-    assert [e["database"] for e in pruned] == [kept]
-    assert _kept(project) == [] and project.state() == at_backup
+    assert [e["database"] for e in pruned] == [kept_again]
+    assert _kept(project) == [] and project.state() == latest
+
+
+def test_a_failure_after_the_swap_swaps_the_kept_database_back(swap_project: Project) -> None:
+    """The rollback's verify step fails after a swap (a check that only the copy passes): the
+    playbook's on_failure swaps the kept database back in: exit 1, the database as it was."""
+    project = swap_project
+    project.upgrade_to("0001")
+    backup = _backup(project)
+    project.db.psql("INSERT INTO collections (name, description) VALUES ('written-later', 'after')")
+    before = project.state()
+    # true on the copy and the kept database (their own names), false once the copy is renamed into
+    # place, true again once the kept database is back (its row)
+    project.write_inventory(verify=[{"name": "a side database, or the row written later",
+                                     "sql": "SELECT (current_database() LIKE '%runbook%' OR EXISTS (SELECT FROM "
+                                            "collections WHERE name = 'written-later'))::int", "expect": 1}])
+    logs = set(project.run_logs())
+    result = project.run("prod", "rollback", "--restore", backup.name)
+    run_id = _new_run(project, logs)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert project.state() == before
+    events = _events(project, run_id)
+    swaps = [e for e in events if e["event"] == "database_swapped"]
+    assert len(swaps) == 2 and swaps[1]["restored_from"] == swaps[0]["kept_as"], swaps
+    assert _copies(project) == []
+    # the database from before the rollback went back in; the restored one is kept in its turn
+    assert _kept(project) == [swaps[1]["kept_as"]]
+    record = journal(project, run_id)
+    assert record["status"] == "rolled_back" and record["exit_code"] == 1
+    assert_nothing_left(project, run_id)
 
 
 def test_swap_restore_killed_half_way_leaves_the_database_untouched(swap_project: Project) -> None:

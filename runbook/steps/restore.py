@@ -111,20 +111,23 @@ def check_checksum(ctx: Context, backup: Backup, jobs: int = 1) -> None:
 
 def restore(ctx: Context, backup: Backup, on_saved: Callable[[Backup], None] | None = None,
             facts: dict[str, Any] | None = None) -> Backup:
-    """Save the current state, then restore ``backup``; returns the pre-restore backup.
+    """Save the current state, then restore ``backup``; returns the saved state.
 
-    ``on_saved`` gets the pre-restore backup as soon as the database may change (in place: once
-    the copy exists; swap: once the swap is done): if the restore then fails (an interrupt, a lost
-    link), the caller's rollback can put that state back. ``facts`` gets what a swap did."""
+    In place, the saved state is a ``_pre-restore`` backup taken first. By swap (``restore.mode:
+    swap``, or ``backup`` is a database a swap kept), it is the database the swap replaces, kept
+    on the server: no dump is taken, and the restore runs at the speed of ``pg_restore -j``.
+    ``on_saved`` gets it as soon as the database may change (in place: once the dump exists; swap:
+    once the swap is done): if the restore then fails (an interrupt, a lost link), the caller's
+    rollback can put that state back. ``facts`` gets what a swap did."""
     from . import swap
 
-    if ctx.env.config.restore.mode == "swap":
+    if ctx.env.config.restore.mode == "swap" or backup.database:
         if ctx.swap_rights is None:
             swap.precheck(ctx)  # before anything (a rollback or a migrate checked it already)
-        check_checksum(ctx, backup, swap.jobs(ctx))
-        saved = backup_step.take(ctx, label="_pre-restore")
-        ctx.log.info("current_state_saved", **saved.fact())
-        done = swap.restore(ctx, backup, on_changed=lambda: on_saved(saved) if on_saved is not None else None)
+        if not backup.database:
+            check_checksum(ctx, backup, swap.jobs(ctx))
+        done = swap.restore(ctx, backup, on_changed=on_saved)
+        saved: Backup = done.pop("saved")
         if facts is not None:
             facts.update(done)
         return saved

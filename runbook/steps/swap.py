@@ -6,7 +6,8 @@ restore never restores into the live database at all:
 
 1. the rights it needs are checked before anything (``precheck``: CREATEDB, ownership of the
    database, ``pg_signal_backend``, CONNECT on ``postgres``): a missing one is exit 2, nothing done;
-2. (the caller checks the backup's checksum and saves the current state, as for any restore);
+2. (the caller checks the backup's checksum; no dump of the current state is taken: the database
+   the swap replaces is kept instead, and is the saved state);
 3. ``<db>__runbook_restore_<stamp>`` is created like the live database (owner, encoding, locale,
    tablespace, connection limit; its name is in the run's journal first, so a killed run's copy is
    dropped by the next run), and ``pg_restore -j N --exit-on-error`` restores the backup into it;
@@ -20,8 +21,10 @@ restore never restores into the live database at all:
 
 A failure (or a signal) anywhere before step 6 drops the copy: the database was never touched. A
 SIGKILL leaves the copy, which the next run drops (``drop_dead_copy``; and any swap restore drops the
-copies it finds of its database). The database it replaced is kept, never dropped silently: the
-``prune`` step of the next successful run drops it (``prune_kept``), with an event saying so.
+copies it finds of its database). The database it replaced is kept, never dropped silently: it is
+what the playbook's ``on_failure`` puts back (a ``Backup`` with ``database`` set: verified, then
+swapped in again, steps 5-6), and what ``rollback --restore <its name>`` puts back; the ``prune``
+step of the next successful run drops it (``prune_kept``), with an event saying so.
 """
 
 from __future__ import annotations
@@ -59,15 +62,19 @@ def precheck(ctx: Context) -> dbswap.Rights:
     return rights
 
 
-def plan_lines(ctx: Any, rights: dbswap.Rights | None = None) -> list[str]:
-    """What a person is told before a swap restore (rollback's confirmation)."""
+def plan_lines(ctx: Any, rights: dbswap.Rights | None = None, *, kept: str | None = None) -> list[str]:
+    """What a person is told before a swap restore (rollback's confirmation); ``kept``: a kept
+    database swapped back in rather than a backup restored."""
     db = ctx.database.name
     size = f" ({_size(rights.size)})" if rights is not None and rights.size else ""
-    return [f"  How: restore.mode swap: pg_restore -j {jobs(ctx)} into a new database "
-            f"{dbswap.side_prefix(db, 'restore')}<UTC time> on the same server, verified, then renamed to {db}.",
+    how = (f"  How: {kept} is verified, then renamed to {db}." if kept else
+           f"  How: restore.mode swap: pg_restore -j {jobs(ctx)} into a new database "
+           f"{dbswap.side_prefix(db, 'restore')}<UTC time> on the same server, verified, then renamed to {db}.")
+    return [how,
             f"  At the swap EVERY session of {db} is ended (the application's too: it must reconnect).",
-            f"  {db} as it is now{size} is kept as {dbswap.side_prefix(db, 'before')}<UTC time> until the "
-            "next successful migrate or backup prunes it: the server needs room for both."]
+            f"  {db} as it is now{size} is kept as {dbswap.side_prefix(db, 'before')}<UTC time> (instead of a "
+            "dump) until the next successful migrate or backup prunes it"
+            + ("." if kept else ": the server needs room for both.")]
 
 
 def _size(n: float) -> str:
@@ -76,52 +83,73 @@ def _size(n: float) -> str:
     return human_size(n)
 
 
-def restore(ctx: Context, backup: Backup, on_changed: Callable[[], None]) -> dict[str, Any]:
+def restore(ctx: Context, backup: Backup, on_changed: Callable[[Backup], None] | None = None) -> dict[str, Any]:
     """Restore ``backup`` beside the database and swap it in; returns the facts (the names, the
-    sessions ended). ``on_changed`` is called once the database may have changed (the swap
-    committed, or its outcome is unknown): until then a failure leaves it untouched."""
+    sessions ended, and ``saved``: the database it replaced, kept, as a ``Backup``). A ``backup``
+    that is a kept database (``Backup.database``) is verified and swapped in as it is.
+
+    ``on_changed`` gets ``saved`` once the database may have changed (the swap committed, or its
+    outcome is unknown): until then a failure leaves the database untouched."""
+    from ..migrations import fmt
+
     db = ctx.database.name
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    copy, before = dbswap.side_name(db, "restore", stamp), dbswap.side_name(db, "before", stamp)
+    before = dbswap.side_name(db, "before", stamp)
+    kept = backup.database  # a database an earlier swap kept: swapped back in, never dropped here
+    copy = backup.path if kept else dbswap.side_name(db, "restore", stamp)
     rights = ctx.swap_rights or precheck(ctx)
+    if not rights.maintenance:
+        raise ConfigError("restore.mode: swap: no database to run the rename from (postgres, template1)")
     with ctx.connect("restore") as conn:
-        for old in dbswap.side_of(conn, db):
+        sides = dbswap.side_of(conn, db)
+        for old in sides:
             if old["kind"] == "restore":  # a copy of an earlier run that died (the run lock is ours)
                 conn.execute(dbswap.drop_sql(old["name"], force=True))
                 ctx.log.warning("restore_copy_dropped", database=old["name"], size=old["size"],
                                 reason="left by an earlier run")
-        props = dbswap.properties(conn)
-    if not rights.maintenance:
-        raise ConfigError("restore.mode: swap: no database to run the rename from (postgres, template1)")
+        props = None if kept else dbswap.properties(conn)
+    if kept and copy not in {d["name"] for d in sides if d["kind"] == "before"}:
+        raise RestoreError(f"no kept database {copy} of {db} on the server", step="restore", host=ctx.host.name)
+    saved = Backup(before, rights.size, "", fmt(ctx.current()).replace(",", "+"), stamp, database=True)
     record = ctx.journal.host(ctx.host.name)
-    record["swap"] = {"copy": copy, "before": before, "state": "restoring"}
+    record["swap"] = {"before": before, "state": "restoring", **({"source": copy} if kept else {"copy": copy})}
     ctx.journal.save()
-    facts: dict[str, Any] = {"mode": "swap", "jobs": jobs(ctx), "copy": copy}
-    swapped = False
+    ctx.log.info("swap_restore_started", database=db, backup=backup.path, into=copy, kept_as=before,
+                 jobs=jobs(ctx))
+    facts: dict[str, Any] = {"mode": "swap", "jobs": jobs(ctx), ("source" if kept else "copy"): copy}
+    created = swapped = False
     try:
-        with _said(ctx, f"creating the copy {copy}"), ctx.connect("restore") as conn:
-            conn.execute(dbswap.create_sql(props, copy))
-        ctx.log.info("restore_copy_created", database=copy, owner=props.owner, encoding=props.encoding,
-                     tablespace=props.tablespace)
-        _pg_restore(ctx, backup, copy)
-        carried = dbswap.carry_over_sql(props, copy)
-        if carried:
-            with _said(ctx, f"giving {copy} the settings, grants and comment of {db}"), \
-                    ctx.connect("restore") as conn:
-                conn.execute(_joined(carried))  # one implicit transaction, one round trip
-        with _said(ctx, f"verifying the copy {copy}"):
-            _verify(ctx, copy, backup)
-        swapped, ended = _swap(ctx, rights.maintenance, db, copy, before, on_changed)
+        if props is not None:
+            created = True  # (from here on it may exist: dropped if anything fails)
+            with _said(ctx, f"creating the copy {copy}"), ctx.connect("restore") as conn:
+                conn.execute(dbswap.create_sql(props, copy))
+            ctx.log.info("restore_copy_created", database=copy, owner=props.owner, encoding=props.encoding,
+                         tablespace=props.tablespace)
+            _pg_restore(ctx, backup, copy)
+            carried = dbswap.carry_over_sql(props, copy)
+            if carried:
+                with _said(ctx, f"giving {copy} the settings, grants and comment of {db}"), \
+                        ctx.connect("restore") as conn:
+                    conn.execute(_joined(carried))  # one implicit transaction, one round trip
+        with _said(ctx, f"verifying {copy}"):
+            _verify(ctx, copy, None if kept else backup.revision)
+
+        def changed() -> None:
+            ctx.log.info("current_state_saved", **saved.fact(), kept_database=before)
+            if on_changed is not None:
+                on_changed(saved)
+
+        swapped, ended = _swap(ctx, rights.maintenance, db, copy, before, changed)
     except BaseException as exc:
         with interrupts.shielded():
-            if not swapped:
-                _drop_copy(ctx, copy, rights.maintenance, exc)
-                record["swap"]["state"] = "dropped"
-                ctx.journal.save()
+            if created and not swapped:
+                _drop_copy(ctx, copy, exc)
+            record["swap"]["state"] = "dropped" if created else "failed"
+            ctx.journal.save()
         raise
     record["swap"]["state"] = "swapped"
     ctx.journal.save()
-    facts.update(before=before, sessions_ended=ended)
+    facts.update(before=before, sessions_ended=ended, saved=saved)
     return facts
 
 
@@ -167,24 +195,24 @@ def _pg_restore(ctx: Context, backup: Backup, copy: str) -> None:
     ctx.log.info("restore_copy_restored", database=copy, jobs=n, duration_ms=int((time.monotonic() - started) * 1000))
 
 
-def _verify(ctx: Context, copy: str, backup: Backup) -> None:
-    """The copy is at the backup's revision, and that revision's checks (and the environment's)
-    hold on it, before anything else is touched."""
+def _verify(ctx: Context, copy: str, revision: str | None) -> None:
+    """The copy is at the backup's ``revision`` (if known), and the checks of the revision it is at
+    (and the environment's) hold on it, before anything else is touched."""
     from ..migrations import fmt
     from . import verify
 
-    expected = set() if backup.revision == "base" else set(backup.revision.split("+"))
     with postgres.connect(ctx.endpoint.with_db(copy), purpose=f"restore/verify {ctx.run_id}") as conn:
         revisions = postgres.current_revisions(conn)
-        if set(revisions) != expected:
-            raise RestoreError(f"the restored copy {copy} is at {fmt(revisions)}, but {backup.name} was taken "
-                               f"at {backup.revision}: {ctx.database.name} was not changed",
+        expected = None if revision is None else set() if revision == "base" else set(revision.split("+"))
+        if expected is not None and set(revisions) != expected:
+            raise RestoreError(f"the restored copy {copy} is at {fmt(revisions)}, but its backup was taken "
+                               f"at {revision}: {ctx.database.name} was not changed",
                                step="restore", host=ctx.host.name)
         checks, _missing = verify.checks_for(ctx, None, revisions)
         problems = verify.run_checks(conn, checks) if checks else []
     failures = [f"{c.name}: {p}" for c, p in zip(checks, problems) if p]
     if failures:
-        raise RestoreError(f"the restored copy {copy} fails {len(failures)} of {len(checks)} verification "
+        raise RestoreError(f"{copy} (to be swapped in) fails {len(failures)} of {len(checks)} verification "
                            f"queries at {fmt(revisions)} ({ctx.database.name} was not changed): "
                            + "; ".join(failures), step="restore", host=ctx.host.name)
     ctx.log.info("restore_copy_verified", database=copy, revision=fmt(revisions), checks=len(checks))
@@ -286,7 +314,7 @@ def _lock_again(ctx: Context, lock: Any, swapped: bool, db: str, before: str) ->
                            step="restore", host=ctx.host.name) from exc
 
 
-def _drop_copy(ctx: Context, copy: str, maintenance: str | None, why: BaseException) -> None:
+def _drop_copy(ctx: Context, copy: str, why: BaseException) -> None:
     """Drop the copy of a restore that failed before the swap (its sessions ended: FORCE)."""
     try:
         with ctx.connect("restore") as conn:
@@ -299,7 +327,8 @@ def _drop_copy(ctx: Context, copy: str, maintenance: str | None, why: BaseExcept
 
 
 def drop_dead_copy(ctx: Any, run: dict[str, Any]) -> None:
-    """The copy a killed run ``run`` (its journal record) may have left on this host: dropped."""
+    """The copy a killed run ``run`` (its journal record) may have left on this host: dropped
+    (only a ``copy`` it made: a kept database it was swapping back in is its ``source``, kept)."""
     swap = ((run.get("hosts") or {}).get(ctx.host.name) or {}).get("swap") or {}
     copy = swap.get("copy")
     if not copy or swap.get("state") == "swapped" or copy == ctx.database.name:
@@ -320,7 +349,7 @@ def prune_kept(ctx: Any) -> list[str]:
     import psycopg
 
     record = ctx.journal.host(ctx.host.name) if ctx.journal is not None else {}
-    mine = {v for k, v in (record.get("swap") or {}).items() if k in ("copy", "before")}
+    mine = {v for k, v in (record.get("swap") or {}).items() if k in ("copy", "before", "source")}
     dropped: list[str] = []
     with ctx.connect("prune") as conn:
         for side in dbswap.side_of(conn, ctx.database.name):
