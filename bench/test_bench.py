@@ -844,7 +844,108 @@ def test_10_slowlink_status(bench: Bench, slow: Slow, report: Report) -> None:
                f"{fmt_s(m)}; turns {median([t.turns for t in totals]):g}", "≤ 1.5 s", m <= 1.5, detail)
 
 
-# -- 11. big databases: pg_dump -Fd -j 2 and the swap restore (pg_restore -j 2) -------------------
+# -- 11-12. a fleet of 16 databases over the slow link ------------------------------------------
+# Sixteen copies of the small database, each a host of environment ``fleet`` reached through the
+# same delaying proxy (one SSH connection per host, as sixteen real hosts would have). The same
+# migrate (0001 -> 0002) one host after another, then with --parallel 4; runs alternate, and every
+# database is a fresh copy of the template before every run.
+
+from psycopg import sql  # noqa: E402
+
+FLEET_SIZE = int(os.environ.get("BENCH_FLEET", "16"))
+
+
+def fleet_project(slow: Slow) -> tuple[Any, list[str]]:
+    """The ``fleet`` environment: FLEET_SIZE hosts through the proxy, database bench_fleet_<i> each."""
+    from tests.fixtures.project import Project, dump_yaml
+
+    sb = slow.bench
+    work = sb.project.dir.parent / "fleet"
+    work.mkdir(exist_ok=True)
+    project = Project(work, sb.dbs.db, sb.sshd, sb.project.backup_dir)
+    names = [f"bench_fleet_{i:02d}" for i in range(FLEET_SIZE)]
+    env = project.environment()
+    ssh = sb.sshd.inventory_ssh()
+    env["hosts"] = [{"name": f"db{i:02d}", "ssh": ssh, "database": {"name": n}} for i, n in enumerate(names)]
+    env["protected"] = False
+    project.inventory.write_text(dump_yaml({"environments": {"fleet": env}}))
+    return project, names
+
+
+def reset_fleet(sb: Bench, names: list[str]) -> None:
+    template = sb.dbs.template("small1")
+    for name in names:
+        sb.dbs._create(name, template)
+    with sb.server.admin() as conn:
+        conn.execute("CHECKPOINT")
+
+
+def fleet_run(sb: Bench, project: Any, names: list[str], *args: str, what: str) -> Timed:
+    reset_fleet(sb, names)
+    sb.clear_backups()
+    argv = [str(RUNBOOK), "--inventory", str(project.inventory), "--yes", "fleet", "migrate", *args]
+    r = timed(argv, env=sb.runbook_env(), cwd=project.dir).check(what)
+    for name in names:
+        if sb.server.alembic_version(name) != {"0002"}:
+            pytest.fail(f"{what}: {name} is not at 0002:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    PEAK_RSS[what].append(r.maxrss_kb)
+    return r
+
+
+def test_11_slowlink_fleet(bench: Bench, slow: Slow, report: Report) -> None:
+    sb = slow.bench
+    project, names = fleet_project(slow)
+    serial: list[float] = []
+    parallel: list[float] = []
+    cpu: dict[str, list[float]] = {"serial": [], "parallel": []}
+    try:
+        for i in range(RUNS):
+            for how in (("serial", "parallel") if i % 2 == 0 else ("parallel", "serial")):
+                if how == "serial":
+                    r = fleet_run(sb, project, names, what="fleet migrate (serial)")
+                    serial.append(r.wall)
+                else:
+                    r = fleet_run(sb, project, names, "--parallel", "4", what="fleet migrate --parallel 4")
+                    parallel.append(r.wall)
+                cpu[how].append(r.cpu)
+        peak = fleet_run(sb, project, names, "--parallel", str(FLEET_SIZE), what=f"fleet migrate --parallel {FLEET_SIZE}")
+        one = PEAK_RSS.get("migrate (slow link)") or PEAK_RSS.get("migrate") or []
+    finally:
+        sb.clear_backups()
+        with sb.server.admin() as conn:
+            for name in names:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    m_serial, m_parallel = median(serial), median(parallel)
+    speedup = m_serial / m_parallel
+    detail = "\n".join([
+        link_note(slow, short=True),
+        "",
+        f"{FLEET_SIZE} databases (BENCH_FLEET), each a copy of the small one ({sb.dbs.sizes['small1']}) at "
+        f"0001, each a host of its own (its own SSH connection through the proxy, its own backup, run "
+        f"lock and rollback), all migrated to 0002 by one `runbook --yes fleet migrate`; every database "
+        f"copied afresh from the template before every run; the two ways alternate.",
+        "",
+        f"- one after another: {fmt_s(m_serial)} (runs: {spread(serial)}), {m_serial / FLEET_SIZE:.2f} s per host",
+        f"- `--parallel 4`: {fmt_s(m_parallel)} (runs: {spread(parallel)})",
+        f"- speed-up: {speedup:.2f}x",
+        f"- CPU time of the runbook process (user + system, median): {median(cpu['serial']):.2f} s serial, "
+        f"{median(cpu['parallel']):.2f} s with `--parallel 4` (the machine has {os.cpu_count()} cores; Python "
+        f"runs one thread at a time)",
+        "",
+        f"Peak RSS of one `runbook --yes fleet migrate --parallel {FLEET_SIZE}` (all {FLEET_SIZE} hosts at "
+        f"once; `wait4` of the runbook process): {peak.maxrss_kb / 1024:.1f} MB, wall {fmt_s(peak.wall)}"
+        + (f"; a single-host migrate of this session peaked at {max(one) / 1024:.1f} MB." if one else "."),
+        "",
+        "In-process Alembic takes turns (one host's upgrade at a time: its `context`/`op` proxies, the "
+        "working directory and the libpq variables are the process's); every other step runs side by side.",
+    ])
+    report.add("11", f"{FLEET_SIZE} databases over a {SLOW_RTT * 1000:g} ms link: serial vs `--parallel 4`",
+               f"{fmt_s(m_serial)} vs {fmt_s(m_parallel)}: {speedup:.2f}x", "≥ 3x", speedup >= 3.0, detail)
+    report.add("12", f"peak memory (RSS) of a `--parallel {FLEET_SIZE}` fleet migrate",
+               f"{peak.maxrss_kb / 1024:.1f} MB", "—", None, "See 11.")
+
+
+# -- 13. big databases: pg_dump -Fd -j 2 and the swap restore (pg_restore -j 2) -------------------
 
 BIG_JOBS = 2
 
@@ -872,7 +973,7 @@ def _drop_side_databases(bench: Bench) -> None:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(side["name"])))
 
 
-def test_11_bigdb_directory_backup_and_swap_restore(bench: Bench, report: Report) -> None:
+def test_13_bigdb_directory_backup_and_swap_restore(bench: Bench, report: Report) -> None:
     """``backup.format: directory, jobs: 2`` against raw ``pg_dump -Fd -j 2``, and a swap restore
     (``restore.mode: swap, jobs: 2``) against raw ``pg_restore -j 2`` into a new database.
     ``BENCH_SCALE=3`` makes the database a few hundred MB (bench/README.md)."""
@@ -927,7 +1028,7 @@ def test_11_bigdb_directory_backup_and_swap_restore(bench: Bench, report: Report
             "",
             phase_table(our_phases),
         ])
-        report.add("11a", f"`backup` (directory, jobs {BIG_JOBS}) vs raw `pg_dump -Fd -j {BIG_JOBS}`",
+        report.add("13a", f"`backup` (directory, jobs {BIG_JOBS}) vs raw `pg_dump -Fd -j {BIG_JOBS}`",
                    f"{fmt_s(m_ours)} vs {fmt_s(m_raw)} ({m_ours - m_raw:+.3f} s, {pct(m_ours, m_raw)})",
                    "≤ +3%", m_ours <= m_raw * 1.03, detail)
 
@@ -992,11 +1093,11 @@ def test_11_bigdb_directory_backup_and_swap_restore(bench: Bench, report: Report
             "",
             phase_table(swap_phases),
         ])
-        report.add("11b", f"restore part of a swap `rollback --restore` (jobs {BIG_JOBS}) vs raw "
+        report.add("13b", f"restore part of a swap `rollback --restore` (jobs {BIG_JOBS}) vs raw "
                    f"`pg_restore -j {BIG_JOBS}`",
                    f"{fmt_s(m_restore)} vs {fmt_s(m_rawr)} ({pct(m_restore, m_rawr)})", "≤ +5%",
                    m_restore <= m_rawr * 1.05, detail)
-        report.add("11c", f"whole swap `rollback --restore` (start-up, manifest check, verify step) vs "
+        report.add("13c", f"whole swap `rollback --restore` (start-up, manifest check, verify step) vs "
                    f"raw `pg_restore -j {BIG_JOBS}`", f"{fmt_s(m_whole)} vs {fmt_s(m_rawr)} "
                    f"({pct(m_whole, m_rawr)})", "reported", None)
     finally:

@@ -1,10 +1,10 @@
-"""``runbook [--inventory PATH] [--yes] [--json] ENV PLAYBOOK [OPTIONS]``: parse, load, run, report.
+"""``runbook [--inventory PATH] [--yes] [--json] ENV PLAYBOOK [OPTIONS]``, ``runbook lint``,
+``runbook revision``: the command line, parsed.
 
-The CLI only parses, loads and validates everything (inventory, playbook, Alembic project,
-verification files, flags) before anything connects, then hands the run to the engine and maps the
-outcome to the exit codes of the README. A RunbookError is one clear line (and what to do next);
-anything else is an internal error and shows its traceback. Heavy imports happen after parsing so
-``runbook --help`` stays fast.
+Parsing only: the plan (everything loaded and validated before anything connects) is
+``planning.py``, the run and what is said after it ``running.py``. A RunbookError is one clear line
+(and what to do next); anything else is an internal error and shows its traceback. Heavy imports
+happen after parsing so ``runbook --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -15,18 +15,25 @@ from typing import Any
 
 import click
 
-ALEMBIC_STEPS = frozenset({"upgrade", "downgrade", "check_locks", "verify", "rollback", "rehearse"})
+from .running import _error, execute, log_safe  # noqa: F401 - log_safe: tests import it from here
+
 
 EPILOG = """\b
 Playbooks: migrate, rollback, backup, verify, rehearse, migrate-rehearsed (files in playbooks/);
-built in: status, history, schedule PLAYBOOK.
+built in: status, checklist, history, schedule PLAYBOOK.
+\b
+Without ENV (see runbook lint --help, runbook revision --help):
+  runbook lint [RANGE]            judge the pending revisions offline (CI): no database needed
+  runbook revision "message"      a new Alembic revision and its verification file
 \b
 Exit codes:
   0  done, verified
   1  failed, and rolled back: the database is as it was before the run
   2  bad usage, configuration or input: nothing was touched
   3  failed and the rollback did not complete: a person is needed
-  4  refused by a guard (maintenance window, another run in progress, blockers): nothing touched
+  4  refused by a guard (maintenance window, another run in progress, blockers, an error-level
+     lint finding not accepted, a failed checklist line): nothing touched; checklist: a line FAILED
+  5  runbook lint: findings at or above --fail-on
 \b
 Signals: SIGINT, SIGTERM, SIGHUP fail the current step and run the rollback (exit 1 or 3);
 a second signal does not abandon the rollback.
@@ -48,14 +55,28 @@ a second signal does not abandon the rollback.
 @click.option("--user", is_flag=True, help="schedule: units of your user's systemd, not the system's.")
 @click.option("--ignore-window", is_flag=True,
               help="Run outside the maintenance window (or past its end) on purpose; logged as such.")
-@click.option("--limit", metavar="N", default=None, help="history: the N newest runs (default 20).")
+@click.option("--limit", "limits", metavar="PATTERN", multiple=True,
+              help="Fleets: only the hosts matching PATTERN (names or globs, comma-separated or repeated). "
+              "history: the N newest runs (default 20).")
+@click.option("--shard", metavar="K/N", help="Fleets: only the hosts of shard K of N (1..N; a stable split by "
+              "host name).")
+@click.option("--parallel", metavar="N", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Fleets: up to N hosts at once.")
+@click.option("--canary", is_flag=True, help="Fleets: the first host alone, verified, before any other starts.")
+@click.option("--rollback-all", is_flag=True,
+              help="Fleets: when a host fails (or a signal stops the run), roll back every host this run migrated.")
+@click.option("--accept", metavar="RULE", multiple=True,
+              help="migrate: run despite error-level lint findings of this rule (repeatable).")
+@click.option("--override", metavar="LINE", multiple=True,
+              help="migrate, checklist: run despite this failed checklist line (repeatable).")
 @click.argument("env")
 @click.argument("playbook")
 @click.argument("args", nargs=-1)
 @click.version_option(package_name="runbook")
 def cli(inventory_path: str, yes: bool, json_out: bool, to: str | None, dry_run: bool,
-        restore: str | None, install: bool, user: bool, ignore_window: bool, limit: str | None,
-        env: str, playbook: str, args: tuple[str, ...]) -> None:
+        restore: str | None, install: bool, user: bool, ignore_window: bool, limits: tuple[str, ...],
+        shard: str | None, parallel: int, canary: bool, rollback_all: bool, accept: tuple[str, ...],
+        override: tuple[str, ...], env: str, playbook: str, args: tuple[str, ...]) -> None:
     """Run PLAYBOOK against the databases of environment ENV.
 
     \b
@@ -64,15 +85,27 @@ def cli(inventory_path: str, yes: bool, json_out: bool, to: str | None, dry_run:
       runbook prod rollback            incident: back to where the last migrate started (asks first)
       runbook prod rollback --restore  incident: restore the newest verified backup (asks first)
       runbook prod status              revisions, pending, last runs, backups, lock holders now
+      runbook prod checklist           the pre-flight checklist: ok / FAILED / skipped, one line each
       runbook prod history             past runs: outcome, duration, revisions, backup, who and how
       runbook prod rehearse            the pending migrations on a scratch copy of production, then dropped
       runbook prod schedule migrate    systemd timer + service (and a crontab line) for the window
       runbook local migrate            the embedded default: a throwaway local PostgreSQL
+      runbook lint                     the pending revisions judged offline (no ENV, no database)
+      runbook revision "add slugs"     a new revision and its verification file (no ENV)
     """
     from .context import Options
 
+    # --limit is a count for history, host patterns for everything else (selection.py)
+    history = playbook == "history"
     options = Options(to=to, dry_run=dry_run, yes=yes, restore=restore, json=json_out, install=install, user=user,
-                      ignore_window=ignore_window, limit=limit)
+                      ignore_window=ignore_window, limit=",".join(limits) if history and limits else None,
+                      hosts=() if history else limits, shard=shard, parallel=parallel, canary=canary,
+                      rollback_all=rollback_all, accept=accept, override=override)
+    if playbook == "schedule" and (limits or shard or parallel != 1 or canary or rollback_all):
+        code = 2
+        _error(options, "--limit, --shard, --parallel, --canary and --rollback-all do not apply to schedule "
+                        "(its unit runs the whole environment)")
+        sys.exit(code)
     if playbook == "schedule":  # built in, like status: no journal, no connection, no run lock
         sys.exit(_schedule(Path(inventory_path), env, args, options))
     if args:
@@ -94,281 +127,96 @@ def _schedule(inventory_path: Path, env: str, args: tuple[str, ...], options: An
         return exc.exit_code
 
 
-def _say(options: Any, text: str, *, err: bool = False) -> None:
-    if options.json:
-        import json
+@click.command("lint", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--inventory", "-i", "inventory_path", metavar="PATH", envvar="RUNBOOK_INVENTORY",
+              default="inventory.yaml", show_default=True,
+              help="Inventory: its environments name the Alembic project and its journal the pending revisions.")
+@click.option("--config", metavar="ALEMBIC_INI", help="The Alembic project's alembic.ini (instead of the inventory's).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True,
+              help="github: workflow annotations (::error file=...,line=...::).")
+@click.option("--fail-on", type=click.Choice(["error", "warning", "info"]), default=None,
+              help="Exit 5 on findings at or above this level (default error, or [tool.runbook.lint] fail_on).")
+@click.option("--rules", "list_rules", is_flag=True, help="List the rules and their levels.")
+@click.argument("range_", metavar="[RANGE]", required=False)
+def lint_cli(inventory_path: str, config: str | None, fmt: str, fail_on: str | None, list_rules: bool,
+             range_: str | None) -> None:
+    """Judge revisions offline: rendered with alembic upgrade --sql, parsed with pglast; no database.
 
-        click.echo(json.dumps({"event": "message", "text": text}), err=False)
-    else:
-        click.echo(text, err=err)
-
-
-def execute(inventory_path: Path, env_name: str, playbook_name: str, options: Any,
-            argv: list[str] | None = None, sleep: Any = None) -> int:
-    """Load, validate, run; returns the exit code. Usable from tests without a subprocess."""
-    from . import interrupts, log
+    \b
+    RANGE: all | A:B (base:head, 0002:head, 0002:) | default: what some environment has not
+    applied yet (by the journal), or all without one. Rules and levels: docs/lint.md.
+    Exit 0: nothing at or above --fail-on; 5: findings; 2: bad usage or project.
+    """
     from .errors import RunbookError
+    from .lint import command
 
-    import contextlib
-
-    from . import early
-    from .journal import new_run_id
-
-    log.configure(json_stdout=options.json, tty=sys.stderr.isatty())
-    known: dict[str, Any] = {}  # what _plan learnt before it refused: the environment, the playbook
-    with interrupts.installed(on_ignored=_signal_ignored), contextlib.ExitStack() as cleanup:
-        cleanup.callback(early.discard)  # what was opened early and nobody took (see early.py)
-        try:
-            if playbook_name == "history":  # built in: read from the journal, no host, no password
-                from .history import render as history
-
-                return history(inventory_path, env_name, options)
-            plan = _plan(inventory_path, env_name, playbook_name, options, new_run_id(), known)
-            if playbook_name == "status":
-                from .status import render as status
-
-                return status(plan, options)
-            if options.dry_run:
-                from .dryrun import render
-
-                return render(plan, options)
-        except RunbookError as exc:
-            if "env" in known and playbook_name != "status" and not options.dry_run:
-                with interrupts.shielded():
-                    _refused(known["env"], known.get("playbook"), playbook_name, exc)
-            _error(options, exc)
-            return exc.exit_code
-        except interrupts.Interrupted as exc:  # before anything was touched
-            from .outcome import REFUSED
-
-            _say(options, f"runbook: {exc} before anything was touched", err=True)
-            return REFUSED
-        return _run(plan, options, argv or [], sleep)
-
-
-def _signal_ignored(name: str, why: str) -> None:
-    import structlog
-
-    structlog.get_logger("runbook").warning("signal_received", signal=name, action=f"ignored: {why}",
-                                            hint="SIGKILL is the only way to abandon a rollback")
-
-
-def _error(options: Any, exc: Any) -> None:
-    text = log_safe(f"runbook: error: {exc}")
-    _say(options, text, err=True)
-    if getattr(exc, "hint", None):
-        _say(options, log_safe(f"runbook: next: {exc.hint}"), err=True)
-
-
-def log_safe(text: str) -> str:
-    """One line, secrets removed: what the last lines of a run may print (a libpq or Alembic
-    message can span several lines, and cron mails and alerting read line by line)."""
-    from .log import REDACTOR
-
-    one_line = " / ".join(part.strip() for part in str(text).splitlines() if part.strip())
-    return str(REDACTOR.scrub(one_line))
-
-
-class Plan:
-    """Everything loaded and validated before anything connects."""
-
-    def __init__(self, env: Any, playbook: Any, migrations: Any, run_id: str, refusal: Any = None) -> None:
-        self.env = env
-        self.playbook = playbook
-        self.migrations = migrations
-        self.run_id = run_id  # also names the sessions opened early
-        self.refusal = refusal  # a guard's refusal, journaled by the run (nothing is touched)
-
-
-def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any, run_id: str,
-          known: dict[str, Any] | None = None) -> Plan:
-    from . import inventory, playbook
-    from .errors import ConfigError
-    from .log import REDACTOR
-    from .migrations import backend_for
-    from . import verifyfiles as verify
-
-    from .early import connect_early
-
-    inv = inventory.load(inventory_path)
-    env = inv.environment(env_name)
-    if options.limit is not None:
-        raise ConfigError("--limit only applies to history")
-    REDACTOR.add(*env.secrets())
-    known = {} if known is None else known
-    known["env"] = env
-    # status is built in: read-only, no run lock, no journal of its own
-    pb = None if playbook_name == "status" else playbook.load(playbook.find(playbook_name, inv.path.parent))
-    known["playbook"] = pb
-    if pb is not None and not options.dry_run:
-        from .notify import check
-
-        check(env, inv)  # the webhook's variable, before a refusal would need it
-    refusal = None
-    if not options.dry_run and not options.ignore_window:
-        from .guards import outside_window
-
-        # refused by the run, in its journal, before it connects; there is nothing to confirm
-        refusal = outside_window(env, pb)
-    if refusal is None:
-        # SSH, the tunnel and the sessions open while the rest of the plan is validated (early.py)
-        connect_early(env, run_id, lock=playbook_name != "status" and not options.dry_run,
-                      name="status" if playbook_name == "status" else "connect")
-    migrations = backend_for(env)
-    # a backup needs no Alembic: not loading it keeps a backup's fixed cost ~0.2 s lower
-    needs_alembic = pb is None or bool(pb.kinds() & ALEMBIC_STEPS) or options.dry_run
-    if needs_alembic and not env.config.alembic.remote:  # remote: history and verify files come from the host
-        verify.load_all(migrations)
-        if options.to:
-            migrations.resolve(options.to)
-        upgrade = [s for s in (pb.steps if pb is not None else []) if s.kind in ("upgrade", "rehearse")]
-        if upgrade and not options.to:
-            migrations.resolve(upgrade[0].params.to)  # e.g. 'head' with several heads: refused here
-    if options.restore is not None and (pb is None or "rollback" not in pb.kinds()):
-        raise ConfigError("--restore only applies to the rollback playbook")
-    if pb is not None and "rollback" in pb.kinds() and not options.yes and not options.dry_run \
-            and not sys.stdin.isatty():
-        raise ConfigError(f"'{playbook_name}' needs --yes when there is no terminal to confirm on "
-                          "(it says what it will do and asks before acting)")
-    if refusal is None:
-        _confirm(env, options, pb)
-    return Plan(env, pb, migrations, run_id, refusal)
-
-
-def _confirm(env: Any, options: Any, pb: Any) -> None:
-    from .errors import ConfigError
-
-    if not env.protected or options.yes or options.dry_run or pb is None or "rollback" in pb.kinds():
-        return
-    if not sys.stdin.isatty():
-        raise ConfigError(f"environment '{env.name}' is protected: pass --yes to run without a terminal")
+    if list_rules:
+        click.echo(command.rules_table())
+        sys.exit(0)
     try:
-        typed = click.prompt(f"Environment '{env.name}' is protected. Type its name to go on", default="",
-                             show_default=False)
-    except click.Abort:  # Ctrl-C or end of input at the prompt: the same as a wrong answer
-        typed = ""
-    if typed.strip() != env.name:
-        raise ConfigError(f"confirmation did not match '{env.name}': nothing was done")
+        code = command.run(Path(inventory_path), config, range_, fmt, fail_on, echo=click.echo)
+    except RunbookError as exc:
+        _error(_Plain(), exc)
+        code = exc.exit_code
+    sys.exit(code)
 
 
-def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
-    import structlog
-
-    from . import interrupts
-    from . import journal as journal_mod
-    from .engine import Engine
+@click.command("revision", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--inventory", "-i", "inventory_path", metavar="PATH", envvar="RUNBOOK_INVENTORY",
+              default="inventory.yaml", show_default=True, help="Inventory naming the Alembic project.")
+@click.option("--config", metavar="ALEMBIC_INI", help="The Alembic project's alembic.ini (instead of the inventory's).")
+@click.option("--rev-id", metavar="ID", help="The revision id (default: Alembic's).")
+@click.option("--head", default="head", show_default=True, help="The revision it follows (alembic revision --head).")
+@click.argument("message")
+def revision_cli(inventory_path: str, config: str | None, rev_id: str | None, head: str, message: str) -> None:
+    """Create an Alembic revision (the project's template and naming) and its verification file."""
     from .errors import RunbookError
-    from .log import RUN_LOG
-    from .outcome import NEEDS_PERSON, Outcome, code_of, status_of_error
+    from .revision import create
 
-    env = plan.env
-    run_id = plan.run_id
-    jr = journal_mod.Journal(env.state_dir, run_id, env.name, plan.playbook.name, argv)
-    RUN_LOG.open(jr.log_path)
-    jr.save()
-    logger = structlog.get_logger("runbook")
-    kwargs = {"sleep": sleep} if sleep is not None else {}
-    started = None
-    with structlog.contextvars.bound_contextvars(run_id=run_id, env=env.name):
-        try:
-            logger.info("run_requested", playbook=plan.playbook.name, playbook_file=str(plan.playbook.path),
-                        to=options.to, hosts=[h.name for h in env.hosts], log=str(jr.log_path))
-            if plan.refusal is not None:
-                raise plan.refusal
-            if env.config.notify:
-                from .notify import Notifier
-
-                started = Notifier(env).started(jr.record, jr.log_path)  # in the background
-            outcome = Engine(env, plan.playbook, options, jr, plan.migrations, **kwargs).run()
-        except (RunbookError, interrupts.Interrupted) as exc:
-            with interrupts.shielded():
-                code = code_of(exc)
-                status = "interrupted" if isinstance(exc, interrupts.Interrupted) else status_of_error(code)
-                if isinstance(exc, interrupts.Interrupted):
-                    jr.record.setdefault("interrupted", {"signal": exc.name, "step": None})
-                logger.error("run_finished", exit_code=code, status=status, error=str(exc))
-                jr.finish(status, code)
-                _after(env, jr.record, jr.log_path, code, str(exc), getattr(exc, "hint", None), started)
-                RUN_LOG.close()
-                if isinstance(exc, interrupts.Interrupted):
-                    _say(options, f"runbook: {exc} before anything was touched", err=True)
-                else:
-                    _error(options, exc)
-                return code
-        except BaseException as exc:
-            # A bug: the database was not read back, so "as before" cannot be promised (exit 3).
-            with interrupts.shielded():
-                logger.exception("internal_error")
-                jr.finish("internal_error", NEEDS_PERSON)
-                _after(env, jr.record, jr.log_path, NEEDS_PERSON, f"internal error: {type(exc).__name__}: {exc}",
-                       f"runbook {env.name} status", started)
-                RUN_LOG.close()
-                if not isinstance(exc, Exception):
-                    raise
-                import traceback
-
-                traceback.print_exc()
-                outcome = Outcome(NEEDS_PERSON, "internal_error",
-                                  f"internal error, the database was not read back: {type(exc).__name__}: {exc}",
-                                  f"runbook {env.name} status")
-                _report(options, outcome, jr)
-                return outcome.code
-        with interrupts.shielded():
-            logger.info("run_finished", exit_code=outcome.code, status=outcome.status,
-                        message=outcome.message, next=outcome.next_command)
-            jr.finish(outcome.status, outcome.code)
-        _after(env, jr.record, jr.log_path, outcome.code, outcome.message, outcome.next_command, started)
-    RUN_LOG.close()
-    _report(options, outcome, jr)
-    return outcome.code
+    try:
+        code = create(Path(inventory_path), config, message, rev_id=rev_id, head=head, echo=click.echo)
+    except RunbookError as exc:
+        _error(_Plain(), exc)
+        code = exc.exit_code
+    sys.exit(code)
 
 
-def _after(env: Any, record: dict[str, Any], log_path: Any, code: int, message: str | None,
-           next_command: str | None, started: Any = None) -> None:
-    """What the world outside learns of a run once its journal is final: the metrics file, the
-    webhook. Neither changes the outcome; each logs its own failure; the wait is bounded."""
-    if env.config.metrics:
-        from . import metrics
-
-        metrics.write(env)
-    if env.config.notify:
-        from .notify import Notifier
-
-        Notifier(env).finished(record, code, log_path=log_path, message=message, next_command=next_command,
-                               started=started)
+class _Plain:
+    json = False
 
 
-def _refused(env: Any, pb: Any, playbook_name: str, exc: Any) -> None:
-    """Bad input found once the environment is known (a flag, a playbook, a missing --yes): no
-    run, no journal, but the webhook hears of it (``run_id`` null). A guard's refusal is a run:
-    ``_run`` journals it and tells the webhook and the metrics like any other."""
-    if not env.config.notify:
-        return
-    from .journal import now_iso
-    from .notify import Notifier
-
-    now = now_iso()
-    record = {"run_id": None, "env": env.name, "playbook": pb.name if pb is not None else playbook_name,
-              "status": "refused", "exit_code": exc.exit_code, "started": now, "finished": now, "hosts": {}}
-    Notifier(env).finished(record, exc.exit_code, message=str(exc), next_command=getattr(exc, "hint", None))
+SUBCOMMANDS = {"lint": lint_cli, "revision": revision_cli}
 
 
-def _report(options: Any, outcome: Any, jr: Any) -> None:
-    """The last lines a person (or cron's mail) reads."""
-    if options.json:
-        return
-    stream_err = outcome.code != 0
-    click.echo(log_safe(f"runbook: {outcome.message}"), err=stream_err)
-    if outcome.next_command:
-        click.echo(log_safe(f"runbook: next: {outcome.next_command}"), err=stream_err)
-    click.echo(f"runbook: run log {jr.log_path}", err=stream_err)
+def _subcommand(argv: list[str]) -> tuple[Any, list[str]] | None:
+    """``runbook [--inventory PATH] lint|revision ...``: the commands without ENV, found before the
+    ENV PLAYBOOK parsing (so an environment cannot be named lint or revision)."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--inventory", "-i", "--to", "--limit", "--accept", "--override", "--shard",
+                   "--parallel"):  # options taking a value
+            i += 2
+            continue
+        if arg.startswith("-"):
+            i += 1
+            continue
+        if arg in SUBCOMMANDS:
+            return SUBCOMMANDS[arg], argv[:i] + argv[i + 1:]
+        return None
+    return None
 
 
 def main() -> None:
     try:
         # Not click's standalone mode: it turns an interrupt into "Aborted!" and exit 1, which
         # promises a rollback; before the run's own handlers are installed nothing was touched.
-        code = cli.main(standalone_mode=False)
+        found = _subcommand(sys.argv[1:])
+        if found is not None:
+            command, rest = found
+            code = command.main(args=rest, prog_name=f"runbook {command.name}", standalone_mode=False)
+        else:
+            code = cli.main(standalone_mode=False)
     except (click.Abort, KeyboardInterrupt):
         click.echo("runbook: interrupted before anything was touched", err=True)
         _exit_now(SystemExit(4))

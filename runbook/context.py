@@ -26,6 +26,13 @@ class Options:
     user: bool = False     # schedule: the user's systemd instance, not the system's
     ignore_window: bool = False  # run outside the maintenance window (or past its end) on purpose
     limit: str | None = None  # history: how many runs (parsed by the command that reads it)
+    hosts: tuple[str, ...] = ()  # a fleet's --limit: host names or globs (see selection.py)
+    shard: str | None = None     # a fleet's --shard K/N
+    parallel: int = 1            # a fleet's hosts at once
+    canary: bool = False         # a fleet's first host alone, verified, before any other
+    rollback_all: bool = False   # a fleet that stops rolls back every host it migrated
+    accept: tuple[str, ...] = ()  # migrate: error-level lint rules to run despite (by name)
+    override: tuple[str, ...] = ()  # checklist lines to run despite (by name: checklist.LINES)
 
 
 @dataclass
@@ -69,6 +76,7 @@ class Context:
     backup: Backup | None = None
     backups: list[Backup] = field(default_factory=list)
     swap_rights: Any = None  # dbswap.Rights, once checked (restore.mode: swap)
+    lint: dict[Any, Any] = field(default_factory=dict)  # the run's lint analysis (lint/preflight.py)
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
 

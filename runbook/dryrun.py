@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 from typing import Any
 
 import click
 
-from . import postgres, sqlscan
+from . import postgres
 from .migrations import fmt
 
 
@@ -78,62 +77,42 @@ def rollback_plan(viewer: Any, ctx: Any, current: tuple[str, ...]) -> dict[str, 
 
 
 def upgrade_plan(ctx: Any, current: tuple[str, ...], target: str) -> dict[str, Any]:
-    """Each pending revision with its SQL and locks, and what the history means for this run."""
+    """Each pending revision with its SQL, locks and lint findings, and what the history means.
+
+    The analysis is the one a run's lint gate and lock pre-flight use (``lint.preflight``)."""
+    from .lint.preflight import analyze_range, index_tables
+
     migrations = ctx.migrations
     want = migrations.resolve(target)
-    pending = migrations.pending(current, target)
-    sql = render_sql(migrations, current, target, pending)
+
+    def lookup(names: list[str]) -> dict[str, str]:
+        with ctx.connect("dry-run") as conn:
+            return index_tables(conn, names)
+
+    result = analyze_range(migrations, current, target, lookup if hasattr(ctx, "connect") else None)
     revisions = []
-    for rev in pending:
+    for rev in result.revisions:
         entry: dict[str, Any] = {"revision": rev.id, "doc": rev.doc, "merge": rev.is_merge,
                                  "down": list(rev.down), "branch_labels": list(rev.branch_labels),
                                  "irreversible": migrations.irreversible(rev)}
-        if isinstance(sql[rev.id], Exception):
-            exc = sql[rev.id]
-            entry["unrenderable"] = (str(exc).strip().splitlines()[-1][:300] if str(exc).strip()
-                                     else type(exc).__name__)
+        mine = [f for f in result.findings if f.revision == rev.id]
+        if rev.id in result.unrenderable:
+            entry["unrenderable"] = result.unrenderable[rev.id]
         else:
-            entry["statements"] = [s.fact() for s in sqlscan.analyze(sql[rev.id])]
+            entry["statements"] = []
+            for st in result.statements.get(rev.id, []):
+                found = [f for f in mine if f.sql == st.sql]
+                mine = [f for f in mine if f not in found]
+                entry["statements"].append({**st.fact(), "warnings": [f.message for f in found],
+                                            "findings": [f.fact() for f in found]})
+        entry["findings"] = [f.fact() for f in mine]  # about the revision as a whole
         revisions.append(entry)
+    errors = result.at_or_above("error")
     return {"host": ctx.host.name, "database": ctx.database.name, "current": fmt(current),
             "target": fmt(want), "heads": list(migrations.heads()), "backend": migrations.kind,
-            "revisions": revisions, "notes": notes(current, want, migrations.heads(), revisions)}
-
-
-def render_sql(migrations: Any, current: tuple[str, ...], target: str, pending: list[Any]) -> dict[str, Any]:
-    """The offline SQL of each pending revision (or the exception that kept it from rendering).
-
-    One render of the whole range, split at Alembic's ``-- Running upgrade a -> b`` markers (one
-    Alembic start-up when remote); if that fails, each revision alone from its own parents, so the
-    ones that cannot render offline are named and the others still shown.
-    """
-    out: dict[str, Any] = {}
-    if not pending:
-        return out
-    try:
-        parts = split_by_revision(migrations.offline_sql(current, target))
-        if all(r.id in parts for r in pending):
-            return {r.id: parts[r.id] for r in pending}
-    except Exception:  # noqa: BLE001 - some revision cannot render: find out which, one by one
-        pass
-    for rev in pending:
-        try:
-            out[rev.id] = migrations.offline_sql(rev.down, rev.id)
-        except Exception as exc:  # noqa: BLE001 - reported per revision
-            out[rev.id] = exc
-    return out
-
-
-_RUNNING = re.compile(r"^-- Running upgrade (.*?) -> ([^,\s]+)", re.M)
-
-
-def split_by_revision(sql: str) -> dict[str, str]:
-    found = list(_RUNNING.finditer(sql))
-    parts: dict[str, str] = {}
-    for i, m in enumerate(found):
-        start = 0 if i == 0 else m.start()  # the first gets the version table's creation too
-        parts[m.group(2)] = sql[start:found[i + 1].start() if i + 1 < len(found) else len(sql)]
-    return parts
+            "revisions": revisions, "notes": notes(current, want, migrations.heads(), revisions),
+            "lint": {"errors": len(errors), "findings": len(result.findings),
+                     "refusing": sorted({f.rule for f in errors})}}
 
 
 def notes(current: tuple[str, ...], want: tuple[str, ...], heads: tuple[str, ...],
@@ -190,6 +169,10 @@ def render(plan: Any, options: Any) -> int:
         if not hp["revisions"]:
             out.append("  nothing to migrate")
         out.extend(f"  note: {note}" for note in hp.get("notes", []))
+        lint = hp.get("lint") or {}
+        if lint.get("refusing"):
+            out.append(f"  note: lint: {lint['errors']} error-level finding(s): migrate refuses to run unless "
+                       f"accepted ({' '.join('--accept ' + r for r in lint['refusing'])})")
         for rev in hp["revisions"]:
             flags = [f for f, on in (("merge", rev["merge"]), ("NO DOWNGRADE", rev.get("irreversible"))) if on]
             labels = f" [{', '.join(rev['branch_labels'])}]" if rev.get("branch_labels") else ""
@@ -198,13 +181,16 @@ def render(plan: Any, options: Any) -> int:
             if "unrenderable" in rev:
                 out.append(f"    cannot be rendered offline (needs a live connection): {rev['unrenderable']}")
                 continue
+            for f in rev.get("findings", []):
+                out.append(f"    {f['level'].upper()}: {f['message']} [{f['rule']}]")
             for st in rev["statements"]:
                 lock = st["lock"] or "no lock on existing tables"
                 tables = ", ".join(st["tables"]) or "-"
                 out.append(f"    {_one_line(st['sql'])}")
                 out.append(f"      tables: {tables}; lock: {lock}")
-                for warning in st["warnings"]:
-                    out.append(f"      WARNING: {warning}")
+                for f in st["findings"]:
+                    out.append(f"      {f['level'].upper()}: {f['message']} [{f['rule']}]")
+                    out.append(f"        safe: {f['safe']}")
     click.echo("\n".join(out))
     return 0
 

@@ -7,11 +7,18 @@ any failure, a signal included, runs the ``on_failure`` steps under their condit
 further signals. The outcome is read back from the database, never assumed: ``outcome.
 rollback_verdict`` gives exit 1 only if the database is at the start revision again and nothing of
 the rollback failed.
+
+An environment of several hosts is a fleet (``fleet.py``): each host gets an ``Engine`` of its own
+(``for_host``: its own run lock and state), run in the main thread one after another, or in worker
+threads with ``--parallel``. A worker learns of a signal through ``interrupts.checkpoint``; the
+main thread also cancels the queries of the hosts still running their steps (``cancel_queries``),
+never of one already rolling back (``phase``, under ``_state``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -26,7 +33,7 @@ from .interrupts import Interrupted
 from .inventory import Environment, Host
 from .journal import Journal
 from .migrations import Migrations, fmt
-from .outcome import NEEDS_PERSON, OK, ROLLED_BACK, Outcome, code_of, rollback_verdict, status_of_error
+from .outcome import NEEDS_PERSON, OK, ROLLED_BACK, Outcome, rollback_verdict
 from .playbook import Playbook, Step
 from .runlock import RunLock
 
@@ -35,11 +42,15 @@ class RunLockLost(StepError):
     """The run lock's session ended under the run: it must not go on unlocked."""
 
 
+class RollbackAll(RunbookError):
+    """Why ``--rollback-all`` rolls back a host that succeeded: another host's failure, a signal."""
+
+
 class Engine:
     """Runs one playbook for one environment, host after host."""
 
     def __init__(self, env: Environment, playbook: Playbook, options: Options, journal: Journal,
-                 migrations: Migrations, *, sleep: Callable[[float], None] = time.sleep) -> None:
+                 migrations: Migrations, *, sleep: Callable[[float], None] = interrupts.sleep) -> None:
         self.env = env
         self.playbook = playbook
         self.options = options
@@ -48,45 +59,65 @@ class Engine:
         self.sleep = sleep
         self.log = structlog.get_logger("runbook")
         self._lock: RunLock | None = None
+        # What the fleet's main thread may look at while a worker runs this host (``cancel_queries``)
+        self._state = threading.Lock()
+        self.phase = "waiting"  # connecting, running (its steps), rolling_back, done
+        self.ctx: Context | None = None
+
+    def for_host(self) -> "Engine":
+        """An engine for one host of a fleet: the same run, its own run lock and state."""
+        return Engine(self.env, self.playbook, self.options, self.journal, self.migrations, sleep=self.sleep)
 
     # -- running ------------------------------------------------------------------------------
     def run(self) -> Outcome:
-        """Host after host; the first host that does not succeed stops the fleet."""
-        hosts = self.env.hosts
-        done: list[tuple[str, Outcome]] = []
-        outcome = Outcome(OK, "succeeded", "nothing to do")
-        for host in hosts:
-            with structlog.contextvars.bound_contextvars(host=host.name):
-                try:
-                    outcome = self.run_host(host)
-                except (RunbookError, Interrupted) as exc:
-                    if len(hosts) == 1:
-                        raise
-                    code = code_of(exc)
-                    outcome = Outcome(code, status_of_error(code), f"{host.name}: {exc}",
-                                      getattr(exc, "hint", None))
-            done.append((host.name, outcome))
-            if len(hosts) > 1:  # a fleet's status is its worst host's: each host's own, for metrics and webhooks
-                self.journal.host(host.name).update(status=outcome.status, exit_code=outcome.code)
-            if outcome.code != 0:
-                break
-        if len(hosts) == 1:
-            return outcome
-        # a fleet: say where each host stands, so nobody has to guess which databases changed
-        lines = [f"{name}: {'ok' if o.code == 0 else 'FAILED (exit %d)' % o.code}: {o.message}"
-                 for name, o in done]
-        skipped = [h.name for h in hosts[len(done):]]
-        if skipped:
-            lines.append(f"not run: {', '.join(skipped)}")
-        self.log.info("fleet_finished", hosts={n: o.code for n, o in done}, not_run=skipped)
-        worst = max(done, key=lambda d: (d[1].code == NEEDS_PERSON, d[1].code))[1]
-        return Outcome(worst.code, worst.status, " | ".join(lines), worst.next_command)
+        """The environment's one host (errors raised to the caller); several: ``fleet.Fleet``."""
+        host = self.env.hosts[0]
+        with structlog.contextvars.bound_contextvars(host=host.name):
+            return self.run_host(host)
+
+    def _set_phase(self, phase: str, ctx: Context | None = None) -> None:
+        with self._state:
+            self.phase = phase
+            if ctx is not None:
+                self.ctx = ctx
+
+    def cancel_queries(self) -> list[int]:
+        """From the fleet's main thread when it stops: cancel the queries this host's run has in
+        flight on its database (not its run lock's session), so that its worker reaches its
+        rollback now rather than when a long statement ends. Only while its steps run: a host
+        already rolling back is never disturbed. Returns the server pids cancelled."""
+        from . import postgres
+
+        with self._state:
+            ctx = self.ctx
+            if self.phase != "running" or ctx is None:
+                return []
+            try:
+                with postgres.connect(ctx.endpoint, purpose=f"stop {self.journal.run_id}", connect_timeout=5) as conn:
+                    busy = [s for s in postgres.run_sessions(conn, self.journal.run_id)
+                            if s["state"] == "active" and not str(s["application"]).startswith("runbook:lock ")]
+                    for session in busy:
+                        conn.execute("SELECT pg_cancel_backend(%s)", (session["pid"],))
+            except Exception as exc:  # noqa: BLE001 - the worker still stops at its next checkpoint
+                self.log.warning("cancel_failed", host=ctx.host.name, error=str(exc).strip()[:200])
+                return []
+        if busy:
+            self.log.warning("queries_cancelled", host=ctx.host.name, sessions=busy)
+        return [int(s["pid"]) for s in busy]
 
     def run_host(self, host: Host) -> Outcome:
+        try:
+            return self._run_host(host)
+        finally:
+            self._set_phase("done")
+
+    def _run_host(self, host: Host) -> Outcome:
         from . import cleanup
         from .guards import WindowGuard
         from .journal import now_iso
 
+        interrupts.checkpoint()  # a fleet stopping before this host connected: not started
+        self._set_phase("connecting")
         self.journal.host(host.name)["started"] = now_iso()
         window = WindowGuard(self.env, self.playbook, self.journal, ignore=self.options.ignore_window)
         window.before_connect(host.name)  # outside the window, or too short for past runs: refused
@@ -116,9 +147,18 @@ class Engine:
                     if self.playbook.kinds() - {"backup", "prune", "shell", "restore"} else {}
                 self.log.info("run_started", playbook=self.playbook.name, playbook_file=str(self.playbook.path),
                               revision=fmt(ctx.start), **heads)
+                from .checklist import preflight as checklist
+
+                checklist(ctx, self.playbook)  # a protected environment's checklist, before the backup
+                from .lint.preflight import gate, upgrade_target
                 from .steps.migrate import prepare
 
+                target = upgrade_target(ctx, self.playbook.steps)
+                if target is not None:  # error-level lint findings refuse the run before its backup
+                    gate(ctx, target)
                 prepare(ctx, self.playbook.steps)
+                self._set_phase("running", ctx)
+                interrupts.checkpoint()  # a fleet stopping: this host is left as it was (nothing ran)
                 outcome = self._run_steps(ctx)
                 with interrupts.shielded():
                     with contextlib.suppress(Exception):
@@ -130,6 +170,51 @@ class Engine:
                 return outcome
             finally:
                 lock.release()
+
+    def revert(self, host: Host, reason: str) -> Outcome:
+        """``--rollback-all``: put back a host this run migrated, to the revision it started from.
+
+        The same machinery as a failure during its run: the playbook's ``on_failure`` steps
+        (downgrade to the start revision, verify; the run's backup of this host restored if that
+        fails), under the host's run lock taken again, shielded from signals, read back and judged
+        by ``rollback_verdict``. Raises if the host cannot be reached or another run holds its lock.
+        """
+        from .context import Backup
+        from .journal import now_iso
+
+        record = self.journal.host(host.name)
+        start = tuple(r for r in str(record.get("start_revision") or "").split(",") if r and r != "base")
+        with interrupts.shielded():
+            lock = self._lock = RunLock(None, self.journal.run_id, self.env.state_dir)
+            try:
+                opened = HostSession(self.env, host, self.journal.run_id, sleep=self.sleep).open(
+                    on_tunnel=lock.connect_ahead)
+            except BaseException:
+                lock.release()
+                raise
+            with opened as session:
+                ctx = session.context(self.options, self.journal, self.migrations)
+                try:
+                    lock.acquire()
+                    self._set_phase("rolling_back", ctx)
+                    ctx.start = start
+                    ctx.facts["changed"] = True
+                    taken = record.get("backup") or {}
+                    if taken.get("backup_path"):
+                        ctx.backup = Backup(taken["backup_path"], int(taken.get("backup_size") or 0),
+                                            str(taken.get("backup_sha256") or ""),
+                                            str(taken.get("backup_revision") or ""), "")
+                    outcome = self._rollback_shielded(ctx, RollbackAll(reason))
+                    if outcome.code == ROLLED_BACK:  # it had succeeded: what happened is the put-back
+                        outcome.message = outcome.message.replace("failed and rolled back", "rolled back", 1)
+                    with contextlib.suppress(Exception):
+                        record["end_revision"] = fmt(ctx.last_read if ctx.last_read is not None else ctx.current())
+                    record["rolled_back"] = {"reason": reason, "exit_code": outcome.code, "finished": now_iso()}
+                    self.journal.save()
+                    return outcome
+                finally:
+                    lock.release()
+                    self._set_phase("done")
 
     def _load_sample(self, ctx: Context) -> None:
         """A fresh embedded database gets the example data at the first revision."""
@@ -161,13 +246,21 @@ class Engine:
             try:
                 facts = runner(step.kind)(ctx, step.params)
             except BaseException as exc:
+                # A fleet's worker whose step failed because the fleet stops (its query cancelled):
+                # the step was interrupted, like the main thread's would be by the signal itself.
+                stop = None if isinstance(exc, Interrupted) else interrupts.pending()
                 with interrupts.shielded():
                     ms = int((time.monotonic() - started) * 1000)
-                    if isinstance(exc, Interrupted):
-                        self.log.error("step_interrupted", duration_ms=ms, signal=exc.name)
-                        self.journal.record["interrupted"] = {"signal": exc.name, "step": step.kind,
-                                                              "phase": phase}
-                        self.journal.step_finished(entry, "interrupted", {"signal": exc.name})
+                    if isinstance(exc, Interrupted) or stop is not None:
+                        sig = exc if isinstance(exc, Interrupted) else stop
+                        assert sig is not None
+                        self.log.error("step_interrupted", duration_ms=ms, signal=sig.name)
+                        where = {"signal": sig.name, "step": step.kind, "phase": phase}
+                        self.journal.record.setdefault("interrupted", where)  # the first, as for one host
+                        self.journal.host(ctx.host.name)["interrupted"] = where
+                        self.journal.step_finished(entry, "interrupted", {"signal": sig.name})
+                        if stop is not None:
+                            raise stop from exc
                         raise
                     error = str(exc) if isinstance(exc, RunbookError) else f"{type(exc).__name__}: {exc}"
                     self.log.error("step_failed", duration_ms=ms, error=error,
@@ -192,17 +285,24 @@ class Engine:
 
     def _run_steps(self, ctx: Context) -> Outcome:
         try:
-            for step in self.playbook.steps:
-                if step.wanted(ctx.facts):
-                    self._check_lock(ctx, step.kind)
-                    self.step(ctx, step, "run")
+            try:
+                for step in self.playbook.steps:
+                    if step.wanted(ctx.facts):
+                        interrupts.checkpoint()  # a fleet's worker: stop between steps
+                        self._check_lock(ctx, step.kind)
+                        self.step(ctx, step, "run")
+            except Exception as exc:  # between steps, a cancelled query of a stopping fleet is its stop
+                stop = interrupts.pending()
+                if stop is not None:
+                    raise stop from exc
+                raise
         except (GuardRefused, ConfigError) as exc:  # a refusal, or bad input found on the host (rollback)
             if ctx.facts.get("changed"):
                 return self._rollback(ctx, exc)
             return Outcome(exc.exit_code, "refused", str(exc))
         except Interrupted as exc:
             with interrupts.shielded():
-                self.log.warning("run_interrupted", signal=exc.name, step=(self.journal.record.get(
+                self.log.warning("run_interrupted", signal=exc.name, step=(self.journal.host(ctx.host.name).get(
                     "interrupted") or {}).get("step"))
                 return self._rollback(ctx, exc)
         except Exception as exc:
@@ -220,6 +320,7 @@ class Engine:
 
     def _rollback(self, ctx: Context, error: BaseException) -> Outcome:
         with interrupts.shielded():
+            self._set_phase("rolling_back")
             return self._rollback_shielded(ctx, error)
 
     def _rollback_shielded(self, ctx: Context, error: BaseException) -> Outcome:

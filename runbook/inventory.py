@@ -204,6 +204,20 @@ class MetricsConfig(_Model):
         return value
 
 
+class ChecklistConfig(_Model):
+    """The pre-flight checklist (runbook/checklist.py): written, it also gates a protected migrate."""
+
+    backup_max_age: Duration = 24 * 3600.0  # the newest verified backup must be younger
+    before_migrate: bool = True  # a protected environment runs it at the start of migrate
+
+    @field_validator("backup_max_age")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be more than 0 (e.g. 24h)")
+        return value
+
+
 class CheckConfig(_Model):
     name: str
     sql: str
@@ -230,6 +244,7 @@ class EnvironmentConfig(_Model):
     verify: list[CheckConfig] = []
     notify: NotifyConfig | None = None
     metrics: MetricsConfig | None = None
+    checklist: ChecklistConfig | None = None
 
 
 class InventoryFile(_Model):
@@ -268,6 +283,7 @@ class Environment:
     alembic_ini: Path
     state_dir: Path
     webhook: str | None = field(default=None, repr=False)  # notify's URL (a secret), if its variable is set
+    every_host: tuple[Host, ...] = ()  # the inventory's hosts, when ``hosts`` is a selection of them
 
     @property
     def protected(self) -> bool:
@@ -277,14 +293,33 @@ class Environment:
     def embedded(self) -> bool:
         return self.config.embedded
 
+    @property
+    def fleet(self) -> bool:
+        """Several hosts in the inventory (whatever ``--limit``/``--shard`` selected): a fleet run."""
+        return len(self.every_host or self.hosts) > 1
+
+    def select(self, hosts: tuple[Host, ...]) -> "Environment":
+        """This environment with only ``hosts`` run (``--limit``, ``--shard``); secrets stay known."""
+        from dataclasses import replace
+
+        return replace(self, hosts=tuple(hosts), every_host=self.every_host or self.hosts)
+
+    def whole(self) -> "Environment":
+        """This environment with all its hosts again (what a selection was taken from)."""
+        from dataclasses import replace
+
+        return replace(self, hosts=self.every_host, every_host=()) if self.every_host else self
+
     def secrets(self) -> list[str]:
-        passwords = [h.database.password for h in self.hosts if h.database and h.database.password]
+        every = self.every_host or self.hosts  # a selection's secrets are the whole inventory's
+        passwords = [h.database.password for h in every if h.database and h.database.password]
         return passwords + ([self.webhook] if self.webhook else [])
 
     def secret_vars(self) -> list[str]:
         """The names of the variables that hold this environment's secrets: passwords and the
         webhook URL (never inherited by the commands runbook starts on this machine)."""
-        names = {h.database.password_env for h in self.hosts if h.database and h.database.password_env}
+        every = self.every_host or self.hosts
+        names = {h.database.password_env for h in every if h.database and h.database.password_env}
         if self.config.notify:
             names.add(self.config.notify.webhook_env)
         return sorted(n for n in names if n)

@@ -4,6 +4,11 @@ In the spirit of ansible-runner's artifacts: each run has ``.runbook/runs/<run_i
 event, appended by the log pipeline) and ``<run_id>.json`` (its status), the latter rewritten
 atomically (temp file + rename, mode 0600) at every step start and end. A run killed half-way keeps
 ``status: running`` with its last step; since its process is gone, readers report it incomplete.
+
+A fleet run with ``--parallel`` writes one record from several threads (each host's steps, its
+host entry): the record and its host entries are ``Shared`` dicts whose every change takes the
+journal's lock, and ``save`` serialises the record under the same lock, so a write never sees a
+host entry half-changed by another thread, and each save is still one atomic rename.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import re
 import secrets
 import socket
 import tempfile
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,50 +61,90 @@ def write_atomic(path: Path, data: str) -> None:
         raise
 
 
+class Shared(dict):  # type: ignore[type-arg]
+    """A dict whose changes take ``lock`` (the journal's), so a ``save`` in another thread never
+    iterates it while it changes. Reads need no lock."""
+
+    def __init__(self, lock: Any, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.lock = lock
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        with self.lock:
+            super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        with self.lock:
+            super().__delitem__(key)
+
+    def update(self, *args: Any, **kw: Any) -> None:
+        with self.lock:
+            super().update(*args, **kw)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        with self.lock:
+            return super().setdefault(key, default)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        with self.lock:
+            return super().pop(key, *default)
+
+
 class Journal:
-    """The status record of one run, kept on disk as the run goes."""
+    """The status record of one run, kept on disk as the run goes (safe for a fleet's threads)."""
 
     def __init__(self, state_dir: Path, run_id: str, env: str, playbook: str, argv: list[str]) -> None:
         self.dir = state_dir / "runs"
         self.run_id = run_id
         self.log_path = self.dir / f"{run_id}.jsonl"
         self.path = self.dir / f"{run_id}.json"
-        self.record: dict[str, Any] = {
+        self.lock = threading.RLock()
+        self.record: dict[str, Any] = Shared(self.lock, {
             "run_id": run_id, "env": env, "playbook": playbook, "argv": argv,
             "status": RUNNING, "exit_code": None,
             "started": now_iso(), "finished": None,
             **runner.identity(),  # control_host, machine_id, boot_id, pid, pid_start
             "started_by": runner.invocation(),  # user, sudo_user, control_host, how (terminal, cron, systemd)
-            "current_step": None, "steps": [], "hosts": {},
-        }
+            "current_step": None, "steps": [], "hosts": Shared(self.lock),
+        })
 
     def save(self) -> None:
         """Write the record, redacted like the run log: an error message may quote a secret."""
         from .log import REDACTOR
 
-        write_atomic(self.path, json.dumps(REDACTOR.scrub(self.record), indent=2, default=str))
+        with self.lock:  # the scrub copies the record: no thread changes it meanwhile
+            text = json.dumps(REDACTOR.scrub(self.record), indent=2, default=str)
+            write_atomic(self.path, text)
 
     def host(self, name: str) -> dict[str, Any]:
-        return self.record["hosts"].setdefault(name, {})
+        with self.lock:
+            hosts = self.record["hosts"]
+            if name not in hosts:
+                hosts[name] = Shared(self.lock)
+            entry: dict[str, Any] = hosts[name]
+            return entry
 
     def step_started(self, host: str, step: str, phase: str) -> dict[str, Any]:
-        entry = {"host": host, "step": step, "phase": phase, "started": now_iso(),
-                 "finished": None, "outcome": RUNNING}
-        self.record["steps"].append(entry)
-        self.record["current_step"] = f"{host}:{step}"
-        self.save()
-        return entry
+        with self.lock:
+            entry = Shared(self.lock, {"host": host, "step": step, "phase": phase, "started": now_iso(),
+                                       "finished": None, "outcome": RUNNING})
+            self.record["steps"].append(entry)
+            self.record["current_step"] = f"{host}:{step}"
+            self.save()
+            return entry
 
     def step_finished(self, entry: dict[str, Any], outcome: str, facts: dict[str, Any] | None = None) -> None:
-        entry.update(finished=now_iso(), outcome=outcome)
-        if facts:
-            entry["facts"] = facts
-        self.record["current_step"] = None
-        self.save()
+        with self.lock:
+            entry.update(finished=now_iso(), outcome=outcome)
+            if facts:
+                entry["facts"] = facts
+            self.record["current_step"] = None
+            self.save()
 
     def finish(self, status: str, exit_code: int) -> None:
-        self.record.update(status=status, exit_code=exit_code, finished=now_iso())
-        self.save()
+        with self.lock:
+            self.record.update(status=status, exit_code=exit_code, finished=now_iso())
+            self.save()
 
 
 @dataclass

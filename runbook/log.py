@@ -172,6 +172,16 @@ def configure(*, json_stdout: bool = False, tty: bool | None = None, quiet: bool
     )
 
 
+_PREFIX_HOSTS = False
+
+
+def prefix_hosts(on: bool) -> None:
+    """A fleet's console lines start with their host (``[tenant-a] step_started``): several hosts
+    write at once with ``--parallel``. The run log's JSON events carry ``host`` either way."""
+    global _PREFIX_HOSTS
+    _PREFIX_HOSTS = on
+
+
 def _for_console(logger: Any, name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """People read the console: the run id and env are in the run log's name; times to the second."""
     for key in ("run_id", "env", "phase"):
@@ -179,6 +189,8 @@ def _for_console(logger: Any, name: str, event: MutableMapping[str, Any]) -> Mut
     stamp = event.get("timestamp")
     if isinstance(stamp, str) and "T" in stamp:
         event["timestamp"] = stamp.split("T", 1)[1][:8]
+    if _PREFIX_HOSTS and event.get("host"):
+        event["event"] = f"[{event.pop('host')}] {event.get('event')}"
     return event
 
 

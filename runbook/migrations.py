@@ -17,6 +17,12 @@ and the session settings (``lock_timeout``, ``statement_timeout``) in ``PGOPTION
 ``os.environ`` only around the Alembic call. Before any revision runs, the connection env.py
 configured is checked to be the one runbook targets. Success is never assumed: callers read
 ``alembic_version`` back.
+
+In-process Alembic runs one host at a time (``ALEMBIC``): Alembic's ``context`` and ``op`` are
+module-level proxies of the one migration in progress, and the working directory and the libpq
+variables above belong to the whole process. So the hosts of a ``--parallel`` fleet take turns for
+the Alembic call itself (the connection it uses is opened ahead, outside the turn); their backups,
+checks, verification and everything else run side by side. ``alembic.remote`` needs no turn.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import contextlib
 import copy
 import io
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -35,6 +42,7 @@ from . import appenv
 from .errors import ConfigError, MigrationError
 
 LOCK_NOT_AVAILABLE = "55P03"
+ALEMBIC = threading.RLock()  # the in-process Alembic call of one host at a time (see above)
 OnApply = Callable[[str, tuple[str, ...]], None]  # (revision applied or reverted, heads after it)
 
 
@@ -337,7 +345,7 @@ class Migrations(MigrationBackend):
 
     def _offline(self, direction: str, current: tuple[str, ...], target: str) -> str:
         buf = io.StringIO()
-        with self._app_environment(with_password=False) as url:
+        with _turn(), self._app_environment(with_password=False) as url:
             cfg = self.config(buffer=buf, url=url)
             # Several starting heads are fine here (Alembic's --sql range takes one).
             self._run_env(cfg, direction, target, starting_rev=current or "base", as_sql=True)
@@ -361,7 +369,7 @@ class Migrations(MigrationBackend):
         eng = ctx.session.take_engine(purpose, settings) or \
             postgres.engine(ctx.endpoint, purpose=purpose, settings=settings)
         try:
-            with self._app_environment(with_password=True, settings=settings, purpose=purpose) as url, \
+            with _turn(), self._app_environment(with_password=True, settings=settings, purpose=purpose) as url, \
                     policy(pg_ms(ctx.locks.concurrently_timeout), ctx.log):
                 self.run(direction, eng, target, on_apply, url=url, expect=ctx.endpoint)
         finally:
@@ -370,7 +378,7 @@ class Migrations(MigrationBackend):
     def run(self, direction: str, engine: Any, target: str, on_apply: OnApply | None = None, *,
             url: str | None = None, expect: Any = None) -> None:
         """Upgrade or downgrade on a fresh connection of ``engine`` (also handed to env.py)."""
-        with engine.connect() as conn:
+        with _turn(), engine.connect() as conn:
             cfg = self.config(connection=conn, url=url)
             self._run_env(cfg, direction, target or "base", on_apply=on_apply, expect=expect)
             # The cookbook contract: the caller owns a shared connection and commits it.
@@ -451,6 +459,26 @@ class Migrations(MigrationBackend):
             except Exception:  # an unreadable ini is reported elsewhere
                 raw = None
         return appenv.choose_driver(raw)
+
+
+@contextlib.contextmanager
+def _turn() -> Iterator[None]:
+    """This thread's turn at in-process Alembic (a fleet's stop ends the wait for it)."""
+    import time
+
+    from . import interrupts
+
+    asked = time.monotonic()
+    interrupts.acquire(ALEMBIC)
+    waited = time.monotonic() - asked
+    if waited >= 0.05:  # another host of the fleet had it: say how long this one waited
+        import structlog
+
+        structlog.get_logger("runbook").info("alembic_turn_waited", waited_ms=int(waited * 1000))
+    try:
+        yield
+    finally:
+        ALEMBIC.release()
 
 
 def _hook(on_apply: OnApply) -> Callable[..., None]:

@@ -6,6 +6,7 @@
 | 2 | bad usage, configuration or input: nothing was touched |
 | 3 | failed and the rollback did not complete (or the state is unknown): a person is needed |
 | 4 | refused by a guard, or interrupted before anything was touched |
+| 5 | ``runbook lint``: findings at or above ``--fail-on`` (no database is ever touched by lint) |
 
 ``rollback_verdict`` is the rollback decision as a pure function of what the engine observed, so
 its every branch is unit-tested (tests/test_outcome.py) apart from the machinery that observes.
@@ -14,9 +15,10 @@ its every branch is unit-tested (tests/test_outcome.py) apart from the machinery
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 OK, ROLLED_BACK, USAGE, NEEDS_PERSON, REFUSED = 0, 1, 2, 3, 4
+LINT_FINDINGS = 5  # runbook lint only: a code of its own, so CI tells "the migration is risky" from a usage error
 
 
 @dataclass
@@ -27,6 +29,12 @@ class Outcome:
     status: str
     message: str
     next_command: str | None = None
+    summary: dict[str, Any] | None = None  # a fleet's: each host's from, to, outcome, duration, backup
+
+
+def worst(codes: Sequence[int]) -> int:
+    """A fleet's exit code: a person needed (3) outranks everything, then the highest code."""
+    return max(codes, key=lambda c: (c == NEEDS_PERSON, c)) if codes else OK
 
 
 def status_of_error(code: int) -> str:

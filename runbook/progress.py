@@ -2,7 +2,8 @@
 
 A background thread rewrites one stderr line with the elapsed time and, where it can be measured
 cheaply, the bytes written so far. Nothing is shown without a TTY or with ``--json``: cron logs and
-machines get the structured events only.
+machines get the structured events only; nor while a fleet runs several hosts at once
+(``several_at_once``): their lines would overwrite each other's.
 """
 
 from __future__ import annotations
@@ -11,6 +12,15 @@ import sys
 import threading
 import time
 from typing import Callable, TextIO
+
+
+_SEVERAL = False
+
+
+def several_at_once(on: bool) -> None:
+    """A ``--parallel`` fleet: no progress line (several hosts would share one)."""
+    global _SEVERAL
+    _SEVERAL = on
 
 
 class Progress:
@@ -50,7 +60,7 @@ class Progress:
 
     def __enter__(self) -> "Progress":
         self.started = self.clock()
-        if self.enabled:
+        if self.enabled and not _SEVERAL:
             self._thread = threading.Thread(target=self._loop, daemon=True)
             self._thread.start()
         return self

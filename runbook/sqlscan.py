@@ -1,8 +1,13 @@
-"""What a migration's SQL touches: tables, the lock each statement takes, and dangerous operations.
+"""What a migration's SQL touches: the tables, the lock each statement takes, what it destroys.
 
 The SQL is the offline rendering of the pending revisions (``alembic upgrade --sql``), parsed with
-pglast (PostgreSQL's own parser). Tables feed the pre-flight blocker check; locks and warnings feed
-``--dry-run``, in the spirit of squawk's rules.
+pglast (PostgreSQL's own parser). Tables feed the pre-flight blocker check and ``--dry-run``; the
+rules that judge the statements (``runbook lint``) are in ``runbook.lint.rules`` and read the parsed
+statement (``node``) and whether it runs inside a transaction from here.
+
+A ``DROP INDEX`` names no table: its table comes from ``index_tables`` (index -> table, from the
+history's ``CREATE INDEX`` statements) or from a ``CREATE INDEX`` earlier in the same SQL; an index
+found in neither is listed in ``unresolved`` for the caller to look up in the database.
 """
 
 from __future__ import annotations
@@ -27,11 +32,15 @@ class Statement:
     kind: str
     tables: list[str] = field(default_factory=list)
     lock: str | None = None
-    warnings: list[str] = field(default_factory=list)
+    destroys: list[str] = field(default_factory=list)  # "drops table t: its data is gone", ...
+    node: Any = None  # the pglast statement, for the lint rules
+    start: int = 0  # offset of the statement in the analysed SQL
+    in_transaction: bool = False  # between BEGIN and COMMIT (False: an autocommit_block section)
+    transaction: int = 0  # which BEGIN ... COMMIT of the SQL (0: outside any)
+    unresolved: list[str] = field(default_factory=list)  # dropped indexes whose table is unknown here
 
     def fact(self) -> dict[str, Any]:
-        return {"sql": self.sql, "kind": self.kind, "tables": self.tables, "lock": self.lock,
-                "warnings": self.warnings}
+        return {"sql": self.sql, "kind": self.kind, "tables": self.tables, "lock": self.lock}
 
 
 def _walk(node: Any) -> Iterator[Any]:
@@ -58,8 +67,11 @@ def _strings(obj: Any) -> str:
     return ".".join(parts)
 
 
-def analyze(sql: str) -> list[Statement]:
-    """Parse ``sql`` and describe every statement; raises ValueError if it does not parse."""
+def analyze(sql: str, index_tables: dict[str, str] | None = None) -> list[Statement]:
+    """Parse ``sql`` and describe every statement; raises ValueError if it does not parse.
+
+    ``index_tables`` (index -> table) is read to map a ``DROP INDEX`` to its table, and completed
+    with the indexes this SQL creates."""
     import pglast
     from pglast import ast, enums
 
@@ -67,14 +79,26 @@ def analyze(sql: str) -> list[Statement]:
         raws = pglast.parse_sql(sql)
     except pglast.parser.ParseError as exc:
         raise ValueError(f"cannot parse the rendered SQL: {exc}") from None
+    indexes = index_tables if index_tables is not None else {}
     created: set[str] = set()
     out: list[Statement] = []
+    in_tx = False
+    tx = 0
     for raw in raws:
         stmt = raw.stmt
         start = raw.stmt_location or 0
         text = sql[start:start + raw.stmt_len].strip() if raw.stmt_len else sql[start:].strip()
+        start += len(sql[start:]) - len(sql[start:].lstrip())
         kind = type(stmt).__name__
-        if isinstance(stmt, (ast.TransactionStmt, ast.VariableSetStmt)):
+        if isinstance(stmt, ast.TransactionStmt):
+            K = enums.TransactionStmtKind
+            if stmt.kind in (K.TRANS_STMT_BEGIN, K.TRANS_STMT_START):
+                in_tx, tx = True, tx + 1
+            elif stmt.kind in (K.TRANS_STMT_COMMIT, K.TRANS_STMT_ROLLBACK, K.TRANS_STMT_COMMIT_PREPARED,
+                               K.TRANS_STMT_PREPARE, K.TRANS_STMT_ROLLBACK_PREPARED):
+                in_tx = False
+            continue
+        if isinstance(stmt, ast.VariableSetStmt):
             continue
         tables: list[str] = []
         for node in _walk(stmt):
@@ -82,19 +106,26 @@ def analyze(sql: str) -> list[Statement]:
                 name = _name(node)
                 if name not in tables and name not in IGNORED_TABLES:
                     tables.append(name)
-        info = Statement(text, kind, tables)
+        info = Statement(text, kind, tables, node=stmt, start=start, in_transaction=in_tx,
+                         transaction=tx if in_tx else 0)
         if isinstance(stmt, ast.DropStmt):
-            if stmt.removeType in (enums.ObjectType.OBJECT_TABLE, enums.ObjectType.OBJECT_INDEX,
-                                   enums.ObjectType.OBJECT_VIEW, enums.ObjectType.OBJECT_MATVIEW):
-                names = [_strings(o) for o in stmt.objects or ()]
-                info.tables = [n for n in names if n not in IGNORED_TABLES]
-                info.lock = ACCESS_EXCLUSIVE
-                if stmt.removeType == enums.ObjectType.OBJECT_TABLE:
-                    info.warnings.append(f"drops table {', '.join(names)}: its data is gone")
-                if stmt.removeType == enums.ObjectType.OBJECT_INDEX and stmt.concurrent:
+            info.lock = ACCESS_EXCLUSIVE
+            names = [_strings(o) for o in stmt.objects or ()]
+            if stmt.removeType == enums.ObjectType.OBJECT_INDEX:
+                info.tables = []
+                for index in names:
+                    table = indexes.get(index)
+                    if table is None:
+                        info.unresolved.append(index)
+                    elif table not in info.tables:
+                        info.tables.append(table)
+                if stmt.concurrent:
                     info.lock = SHARE_UPDATE_EXCLUSIVE
-            else:
-                info.lock = ACCESS_EXCLUSIVE
+            elif stmt.removeType in (enums.ObjectType.OBJECT_TABLE, enums.ObjectType.OBJECT_VIEW,
+                                     enums.ObjectType.OBJECT_MATVIEW):
+                info.tables = [n for n in names if n not in IGNORED_TABLES]
+                if stmt.removeType == enums.ObjectType.OBJECT_TABLE and info.tables:
+                    info.destroys.append(f"drops table {', '.join(info.tables)}: its data is gone")
         elif isinstance(stmt, ast.CreateStmt):
             own = _name(stmt.relation)
             created.add(own)
@@ -102,20 +133,20 @@ def analyze(sql: str) -> list[Statement]:
             info.lock = SHARE_ROW_EXCLUSIVE if info.tables else None  # foreign keys lock the referenced table
         elif isinstance(stmt, ast.IndexStmt):
             table = _name(stmt.relation)
+            if stmt.idxname:
+                schema = stmt.relation.schemaname if stmt.relation is not None else None
+                key = f"{schema}.{stmt.idxname}" if schema and schema != "public" else stmt.idxname
+                indexes[key] = table
             info.lock = SHARE_UPDATE_EXCLUSIVE if stmt.concurrent else SHARE
-            if not stmt.concurrent and table not in created:
-                info.warnings.append(f"index on existing table {table} built without CONCURRENTLY: "
-                                     "writes to it are blocked while it builds")
         elif isinstance(stmt, ast.AlterTableStmt):
             info.lock = _alter_table(stmt, info, created)
         elif isinstance(stmt, ast.RenameStmt):
             info.lock = ACCESS_EXCLUSIVE
-            info.warnings.append("renames an object: running application code that uses the old name breaks")
         elif isinstance(stmt, (ast.UpdateStmt, ast.DeleteStmt, ast.InsertStmt)):
             info.lock = ROW_EXCLUSIVE
         elif isinstance(stmt, ast.TruncateStmt):
             info.lock = ACCESS_EXCLUSIVE
-            info.warnings.append("truncates a table: its data is gone")
+            info.destroys.append(f"truncates {', '.join(tables)}: its data is gone")
         elif isinstance(stmt, ast.CreateTrigStmt):
             info.lock = SHARE_ROW_EXCLUSIVE
         elif isinstance(stmt, ast.SelectStmt):
@@ -152,52 +183,24 @@ def _subcommand_lock(cmd: Any) -> str:
 
 
 def _alter_table(stmt: Any, info: Statement, created: set[str]) -> str:
-    """The strongest lock of the subcommands, and the warnings for an existing table."""
+    """The strongest lock of the subcommands, and the columns an existing table loses."""
     from pglast import ast, enums
 
-    T = enums.AlterTableType
-    C = enums.ConstrType
     table = _name(stmt.relation)
-    new_table = table in created
     lock: str | None = None
     for cmd in stmt.cmds or ():
         if not isinstance(cmd, ast.AlterTableCmd):
             continue
         lock = _stronger(lock, _subcommand_lock(cmd))
-        sub = cmd.subtype
-        if new_table:
-            continue
-        if sub == T.AT_AddColumn and isinstance(cmd.def_, ast.ColumnDef):
-            cons = cmd.def_.constraints or ()
-            kinds = {c.contype for c in cons if isinstance(c, ast.Constraint)}
-            if C.CONSTR_NOTNULL in kinds and C.CONSTR_DEFAULT not in kinds:
-                info.warnings.append(f"adds NOT NULL column {table}.{cmd.def_.colname} without a default: "
-                                     "fails on a table with rows")
-        elif sub == T.AT_AddConstraint and isinstance(cmd.def_, ast.Constraint):
-            c = cmd.def_
-            if c.contype in (C.CONSTR_CHECK, C.CONSTR_FOREIGN) and not c.skip_validation:
-                info.warnings.append(
-                    f"adds constraint {c.conname or ''} on {table} without NOT VALID: the whole table is "
-                    f"scanned under a {_subcommand_lock(cmd)} lock (add it NOT VALID, then VALIDATE)")
-            elif c.contype in (C.CONSTR_PRIMARY, C.CONSTR_UNIQUE) and not c.indexname:
-                info.warnings.append(
-                    f"adds constraint {c.conname or ''} on {table} by building its index under an "
-                    "ACCESS EXCLUSIVE lock (CREATE UNIQUE INDEX CONCURRENTLY first, then USING INDEX)")
-        elif sub == T.AT_SetNotNull:
-            info.warnings.append(f"sets NOT NULL on {table}.{cmd.name}: the whole table is scanned "
-                                 "under an ACCESS EXCLUSIVE lock")
-        elif sub == T.AT_AlterColumnType:
-            info.warnings.append(f"changes the type of {table}.{cmd.name}: may rewrite the table "
-                                 "under an ACCESS EXCLUSIVE lock")
-        elif sub == T.AT_DropColumn:
-            info.warnings.append(f"drops column {table}.{cmd.name}: its data is gone")
+        if cmd.subtype == enums.AlterTableType.AT_DropColumn and table not in created:
+            info.destroys.append(f"drops column {table}.{cmd.name}: its data is gone")
     return lock or ACCESS_EXCLUSIVE
 
 
-def touched_tables(sql: str) -> list[str]:
+def touched_tables(sql: str, index_tables: dict[str, str] | None = None) -> list[str]:
     """Every table the statements of ``sql`` touch (alembic_version left out)."""
     seen: list[str] = []
-    for st in analyze(sql):
+    for st in analyze(sql, index_tables):
         for t in st.tables:
             if t not in seen:
                 seen.append(t)

@@ -52,7 +52,7 @@ def test_dry_run_shows_tables_locks_and_warnings_and_changes_nothing(project: Pr
     for piece, (tables, lock, warning) in EXPECTED.items():
         at = next(i for i, ln in enumerate(lines) if piece in ln)
         assert lines[at + 1].strip() == f"tables: {', '.join(tables)}; lock: {lock}", lines[at:at + 3]
-        assert lines[at + 2].strip().startswith(f"WARNING: {warning}"), lines[at:at + 3]
+        assert lines[at + 2].strip().startswith((f"WARNING: {warning}", f"ERROR: {warning}")), lines[at:at + 3]
     _untouched(project, state)
 
 

@@ -193,12 +193,13 @@ def test_history_after_a_mix_of_runs(project: Project, runs: dict[str, str]) -> 
 
 
 def test_history_without_runs_and_limit_elsewhere(project: Project) -> None:
-    """No runs yet: said plainly. --limit on a playbook is a usage error; an unknown environment too."""
+    """No runs yet: said plainly. --limit on a playbook selects hosts (a count is no host's name: exit 2,
+    nothing run); an unknown environment is an error too."""
     result = _history(project)
     assert (result.returncode, result.stdout.strip()) == (0, "Environment prod: no runs recorded")
     assert _history(project, "--json").stdout == ""
     limited = project.run("prod", "migrate", "--limit", "3")
-    assert limited.returncode == 2 and "--limit only applies to history" in limited.stderr
+    assert limited.returncode == 2 and "--limit '3' matches no host of environment 'prod'" in limited.stderr
     assert not (project.dir / ".runbook" / "runs").exists() or not list((project.dir / ".runbook" / "runs").iterdir())
     unknown = project.run("nope", "history", password=False)
     assert unknown.returncode == 2 and "unknown environment 'nope'" in unknown.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -374,7 +375,9 @@ def test_sigterm_while_pg_restore_fills_the_copy(project: Project, createdb: Non
     before = snapshot(project)
     proc = project.start("prod", "rehearse")
     try:
-        wait_for_host_process(r"^\S*pg_restore --no-owner .*__runbook_rehearse_", proc, timeout=60)
+        # this test's copy only (other sessions may rehearse at the same time)
+        mine = rf"^\S*pg_restore --no-owner .*{re.escape(project.db.name[:30])}"
+        wait_for_host_process(mine, proc, timeout=60)
         proc.send_signal(signal.SIGTERM)
         out, err = _finish(proc)
     finally:
@@ -389,7 +392,7 @@ def test_sigterm_while_pg_restore_fills_the_copy(project: Project, createdb: Non
     assert done["dropped"] is True
     assert snapshot(project) == before
     assert_clean(project, run_id)  # waits for the host job (pg_restore's group) to be gone
-    assert subprocess.run(["pgrep", "-f", "pg_restore --no-owner"], capture_output=True).returncode == 1
+    assert subprocess.run(["pgrep", "-f", mine], capture_output=True).returncode == 1
 
 
 def test_a_killed_rehearsal_s_database_is_dropped_by_the_next_run(project: Project, createdb: None) -> None:

@@ -11,24 +11,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import postgres, sqlscan
+from .. import postgres
 from ..context import Context
 from ..errors import GuardRefused
 from ..migrations import fmt
 
 
 def touched(ctx: Context, target: str) -> tuple[list[str] | None, list[str]]:
-    """Tables the pending revisions touch (None if their SQL cannot be rendered) and the pending ids."""
+    """Tables the pending revisions touch (None if their SQL cannot be rendered) and the pending ids.
+
+    The same analysis as the run's lint gate (``lint.preflight``): a DROP INDEX counts as its table."""
+    from ..lint.preflight import for_run
+
     current = ctx.current_at_start()
-    pending = ctx.migrations.pending(current, target)
+    result = for_run(ctx, current, target)
+    pending = [r.id for r in result.revisions]
     if not pending:
         return [], []
-    try:
-        sql = ctx.migrations.offline_sql(current, target)
-        return sqlscan.touched_tables(sql), [r.id for r in pending]
-    except Exception as exc:  # a data migration may not render offline; fall back to the broad check
-        ctx.log.warning("offline_sql_unavailable", error=str(exc).splitlines()[0][:200])
-        return None, [r.id for r in pending]
+    tables = result.tables()
+    if tables is None:  # a data migration may not render offline; fall back to the broad check
+        ctx.log.warning("offline_sql_unavailable", revisions=sorted(result.unrenderable),
+                        error=next(iter(result.unrenderable.values()))[:200])
+    return tables, pending
 
 
 def find_blockers(ctx: Context, tables: list[str] | None) -> tuple[list[postgres.Session], list[postgres.Session]]:

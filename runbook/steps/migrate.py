@@ -98,12 +98,19 @@ def _recorded(value: Any) -> tuple[str, str] | None:
     return None
 
 
-def upgrade(ctx: Context, params: Any) -> dict[str, Any]:
+def pending_at_start(ctx: Context, params: Any) -> tuple[str, tuple[str, ...], list[Revision], dict[str, Any]]:
+    """An upgrade-like step's target (``--to`` or its own), the revisions at the step's start,
+    the pending revisions, and the facts that say so."""
     target = ctx.options.to or params.to
     current = ctx.current_at_start()
     want = ctx.migrations.resolve(target)
     pending = ctx.migrations.pending(current, target)
-    facts: dict[str, Any] = {"from": fmt(current), "to": fmt(want), "pending": [r.id for r in pending]}
+    return target, current, pending, {"from": fmt(current), "to": fmt(want), "pending": [r.id for r in pending]}
+
+
+def upgrade(ctx: Context, params: Any) -> dict[str, Any]:
+    target, current, pending, facts = pending_at_start(ctx, params)
+    want = ctx.migrations.resolve(target)
     if not pending:
         ctx.log.info("nothing_to_migrate", revision=fmt(current))
         facts["applied"] = []

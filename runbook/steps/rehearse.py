@@ -115,11 +115,8 @@ class Phases:
 def run(ctx: Context, params: Any) -> dict[str, Any]:
     from ..steps import migrate
 
-    target = ctx.options.to or params.to
-    current = ctx.current_at_start()
+    target, current, pending, facts = migrate.pending_at_start(ctx, params)
     want = ctx.migrations.resolve(target)
-    pending = ctx.migrations.pending(current, target)
-    facts: dict[str, Any] = {"from": fmt(current), "to": fmt(want), "pending": [r.id for r in pending]}
     if not pending:
         ctx.log.info("nothing_to_rehearse", revision=fmt(current))
         return {**facts, "rehearsed": False}

@@ -86,7 +86,7 @@ def destroyed(ctx: Context, current: tuple[str, ...], target: str) -> list[str] 
         sql = ctx.migrations.offline_downgrade_sql(current, target)
         found: list[str] = []
         for st in sqlscan.analyze(sql):
-            found.extend(w for w in st.warnings if w.startswith(("drops ", "truncates ")))
+            found.extend(st.destroys)
         return found
     except Exception as exc:
         ctx.log.warning("downgrade_sql_unavailable", error=str(exc).strip().splitlines()[-1][:200])

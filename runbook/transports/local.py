@@ -15,6 +15,7 @@ import time
 from typing import Mapping
 
 from runbook.errors import CommandFailed, CommandTimedOut, TransportError
+from runbook.interrupts import checkpoint
 from runbook.transports.base import KILL_AFTER, HostSecret, Result, Transport, Tunnel, job_script, stopped_by_timeout
 
 # After SIGTERM, how long a timed-out command gets to exit (pg_dump removes its partial output).
@@ -95,6 +96,7 @@ class LocalTransport(Transport):
             except subprocess.TimeoutExpired:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
+                checkpoint()  # a fleet's worker: the fleet stops (the caller stops the command)
 
     @staticmethod
     def _stop(proc: subprocess.Popen[bytes], keep_w: int) -> None:

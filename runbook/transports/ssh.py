@@ -26,6 +26,7 @@ import paramiko
 
 from runbook.errors import (CommandFailed, CommandTimedOut, ConnectError, ConnectionLost,
                             HostKeyError, TransportError)
+from runbook.interrupts import checkpoint
 from runbook.transports import known_hosts
 from runbook.transports.base import HostSecret, Result, Transport, Tunnel, job_script, stopped_by_timeout
 from runbook.transports.local import failure_message
@@ -298,6 +299,7 @@ class SSHTransport(Transport):
                 return None, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
             if deadline is not None and time.monotonic() > deadline:
                 raise _Deadline()
+            checkpoint()  # a fleet's worker: the fleet stops (the caller closes the channel)
             if channel.eof_received:  # output done, exit status on its way: nothing to select on
                 channel.status_event.wait(0.2)
             else:
