@@ -93,10 +93,7 @@ def restore(ctx: Context, backup: Backup, on_changed: Callable[[Backup], None] |
     from ..migrations import fmt
 
     db = ctx.database.name
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    before = dbswap.side_name(db, "before", stamp)
     kept = backup.database  # a database an earlier swap kept: swapped back in, never dropped here
-    copy = backup.path if kept else dbswap.side_name(db, "restore", stamp)
     rights = ctx.swap_rights or precheck(ctx)
     if not rights.maintenance:
         raise ConfigError("restore.mode: swap: no database to run the rename from (postgres, template1)")
@@ -108,8 +105,20 @@ def restore(ctx: Context, backup: Backup, on_changed: Callable[[Backup], None] |
                 ctx.log.warning("restore_copy_dropped", database=old["name"], size=old["size"],
                                 reason="left by an earlier run")
         props = None if kept else dbswap.properties(conn)
-    if kept and copy not in {d["name"] for d in sides if d["kind"] == "before"}:
-        raise RestoreError(f"no kept database {copy} of {db} on the server", step="restore", host=ctx.host.name)
+    taken = {d["name"] for d in sides if d["kind"] == "before"}
+    if kept and backup.path not in taken:
+        raise RestoreError(f"no kept database {backup.path} of {db} on the server", step="restore",
+                           host=ctx.host.name)
+    for _ in range(5):  # names carry a one-second stamp: a swap back in the second of the swap waits
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        before = dbswap.side_name(db, "before", stamp)
+        if before not in taken:
+            break
+        ctx.sleep(1.0)
+    else:
+        raise RestoreError(f"{before} exists already: is another process making databases named like it?",
+                           step="restore", host=ctx.host.name)
+    copy = backup.path if kept else dbswap.side_name(db, "restore", stamp)
     saved = Backup(before, rights.size, "", fmt(ctx.current()).replace(",", "+"), stamp, database=True)
     record = ctx.journal.host(ctx.host.name)
     record["swap"] = {"before": before, "state": "restoring", **({"source": copy} if kept else {"copy": copy})}
