@@ -943,3 +943,169 @@ def test_11_slowlink_fleet(bench: Bench, slow: Slow, report: Report) -> None:
                f"{fmt_s(m_serial)} vs {fmt_s(m_parallel)}: {speedup:.2f}x", "≥ 3x", speedup >= 3.0, detail)
     report.add("12", f"peak memory (RSS) of a `--parallel {FLEET_SIZE}` fleet migrate",
                f"{peak.maxrss_kb / 1024:.1f} MB", "—", None, "See 11.")
+
+
+# -- 13. big databases: pg_dump -Fd -j 2 and the swap restore (pg_restore -j 2) -------------------
+
+BIG_JOBS = 2
+
+
+def _clear_all(folder: Path, keep: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    """Every backup (files and directory dumps) in ``folder`` but ``keep``."""
+    if folder.exists():
+        for p in folder.iterdir():
+            if p.name in keep:
+                continue
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+
+
+def _drop_side_databases(bench: Bench) -> None:
+    """The databases a swap restore leaves beside the working one (the one it replaced)."""
+    from runbook import dbswap
+    from psycopg import sql
+
+    with bench.server.admin() as conn:
+        rows = conn.execute(dbswap.SIDE_SQL, dbswap.side_params(bench.dbs.name)).fetchall()
+        for side in dbswap.side_databases(rows, bench.dbs.name):
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(side["name"])))
+
+
+def test_13_bigdb_directory_backup_and_swap_restore(bench: Bench, report: Report) -> None:
+    """``backup.format: directory, jobs: 2`` against raw ``pg_dump -Fd -j 2``, and a swap restore
+    (``restore.mode: swap, jobs: 2``) against raw ``pg_restore -j 2`` into a new database.
+    ``BENCH_SCALE=3`` makes the database a few hundred MB (bench/README.md)."""
+    from psycopg import sql
+
+    project = bench.project
+    folder = Path(project.backup_dir)
+    role = sql.Identifier(bench.server.user)
+    with bench.server.admin() as conn:  # what a swap restore needs (taken back at the end)
+        conn.execute(sql.SQL("ALTER ROLE {} CREATEDB").format(role))
+        conn.execute(sql.SQL("GRANT pg_signal_backend TO {}").format(role))
+    project.env_overrides = {"backup": {"dir": str(folder), "keep": 50, "format": "directory", "jobs": BIG_JOBS},
+                             "restore": {"mode": "swap", "jobs": BIG_JOBS}}
+    project.write_inventory()
+    raw_db = "bench_raw_restore"
+    try:
+        # -- backup: runbook backup vs raw pg_dump -Fd -j 2 on the host
+        bench.dbs.reset("big1")
+        _clear_all(folder)
+        raw_dir = f"{folder}/raw.dumpdir"
+        raw_dump = bench.as_host_user(["pg_dump", "-Fd", "-j", str(BIG_JOBS), *bench.conn_args(), "-f", raw_dir])
+        timed(bench.as_host_user(["mkdir", "-p", str(folder)]), quiet=False).check("mkdir")
+        timed(raw_dump, env=bench.host_env()).check("pg_dump -Fd")  # warm-up: page cache
+        ours: list[float] = []
+        raw: list[float] = []
+        our_phases: list[dict[str, float]] = []
+        for i in range(RUNS):
+            for who in (("runbook", "raw") if i % 2 == 0 else ("raw", "runbook")):
+                _clear_all(folder)
+                if who == "runbook":
+                    r, started, events = run_runbook(bench, "prod", "backup", what="backup (directory)")
+                    ours.append(r.wall)
+                    our_phases.append(phases(started, r.wall, events))
+                else:
+                    raw.append(timed(raw_dump, env=bench.host_env()).check("raw pg_dump -Fd").wall)
+        _clear_all(folder)
+        run_runbook(bench, "prod", "backup", what="backup (directory)")
+        (backup,) = sorted(folder.glob("*.dumpdir"))
+        files = list(backup.iterdir())
+        size = sum(f.stat().st_size for f in files)
+        m_ours, m_raw = median(ours), median(raw)
+        detail = "\n".join([
+            f"Database: {bench.dbs.sizes['big1']}; dump {size / 1048576:.1f} MB in {len(files)} files "
+            f"(`-Fd -j {BIG_JOBS}`, default compression).",
+            "",
+            f"- runbook `prod backup` with `backup: {{format: directory, jobs: {BIG_JOBS}}}` (SSH login, "
+            f"pg_dump -Fd -j {BIG_JOBS} with each file hashed as pg_dump closes it, pg_restore --list, the "
+            f"manifest, rename, prune): {fmt_s(m_ours)} (runs: {spread(ours)})",
+            f"- raw `pg_dump -Fd -j {BIG_JOBS}` run on the host as the deploy user: {fmt_s(m_raw)} "
+            f"(runs: {spread(raw)})",
+            f"- runbook − raw: {m_ours - m_raw:+.3f} s ({pct(m_ours, m_raw)})",
+            "",
+            phase_table(our_phases),
+        ])
+        report.add("13a", f"`backup` (directory, jobs {BIG_JOBS}) vs raw `pg_dump -Fd -j {BIG_JOBS}`",
+                   f"{fmt_s(m_ours)} vs {fmt_s(m_raw)} ({m_ours - m_raw:+.3f} s, {pct(m_ours, m_raw)})",
+                   "≤ +3%", m_ours <= m_raw * 1.03, detail)
+
+        # -- restore: runbook rollback --restore (swap) vs raw pg_restore -j 2 into a new database
+        keep = {backup.name, backup.name + ".sha256"}
+        raw_restore = bench.as_host_user(["pg_restore", "-j", str(BIG_JOBS), "--exit-on-error",
+                                          "-h", bench.server.host, "-p", str(bench.server.port),
+                                          "-U", bench.server.user, "-d", raw_db, "--no-password", str(backup)])
+        whole: list[float] = []
+        restore_part: list[float] = []
+        check_part: list[float] = []
+        raw_r: list[float] = []
+        swap_phases: list[dict[str, float]] = []
+        for i in range(RUNS):
+            for who in (("runbook", "raw") if i % 2 == 0 else ("raw", "runbook")):
+                bench.dbs.reset("big2")  # at 0002: the rollback goes back to the 0001 backup
+                _drop_side_databases(bench)
+                _clear_all(folder, keep)
+                if who == "runbook":
+                    r, started, events = run_runbook(bench, "prod", "rollback", "--restore", backup.name,
+                                                      what="rollback --restore (swap)")
+                    whole.append(r.wall)
+                    swap_phases.append(phases(started, r.wall, events))
+                    step_start = ts(next(e for e in events if e.get("event") == "step_started"
+                                         and e.get("step") == "rollback"))
+                    begun = ts(next(e for e in events if e.get("event") == "swap_restore_started"))
+                    swapped = ts(next(e for e in events if e.get("event") == "database_swapped"))
+                    check_part.append(begun - step_start)
+                    restore_part.append(swapped - begun)
+                    if bench.dbs.db.alembic_version() != {"0001"}:
+                        pytest.fail("the swap restore did not restore the 0001 backup")
+                else:
+                    with bench.server.admin() as conn:
+                        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(raw_db)))
+                        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(
+                            sql.Identifier(raw_db), role))
+                    raw_r.append(timed(raw_restore, env=bench.host_env()).check("raw pg_restore -j").wall)
+                    if bench.server.alembic_version(raw_db) != {"0001"}:
+                        pytest.fail("raw pg_restore did not restore the 0001 backup")
+        m_whole, m_restore, m_rawr = median(whole), median(restore_part), median(raw_r)
+        detail = "\n".join([
+            f"Database at 0002 ({bench.dbs.sizes.get('big2', '')}), reset from a template before every run "
+            f"(and the database the previous swap kept dropped); backup restored: {backup.name} "
+            f"({size / 1048576:.1f} MB, taken at 0001).",
+            "",
+            f"`runbook prod rollback --restore NAME --yes` with `restore: {{mode: swap, jobs: {BIG_JOBS}}}` "
+            f"does: every file of the backup checked against its manifest ({BIG_JOBS} sha256sum at once), "
+            f"then the swap restore: CREATE DATABASE like the live one, `pg_restore -j {BIG_JOBS} "
+            "--exit-on-error` into it, its settings/grants/comment, the verification queries on the copy, "
+            "the rename (one statement; the replaced database is kept: it is the saved state, no dump is "
+            "taken), the run lock taken again; then the verify step.",
+            "",
+            f"- restore part (run log: `swap_restore_started` → `database_swapped`: create, pg_restore, "
+            f"carry-over, verify the copy, swap): {fmt_s(m_restore)} (runs: {spread(restore_part)})",
+            f"- raw `pg_restore -j {BIG_JOBS} --exit-on-error -d NEWDB` on the host, into a database created "
+            f"beforehand (not timed): {fmt_s(m_rawr)} (runs: {spread(raw_r)})",
+            f"- **restore part vs raw pg_restore -j {BIG_JOBS}**: {m_restore - m_rawr:+.3f} s ({pct(m_restore, m_rawr)})",
+            f"- the plan and the manifest check (rollback `step_started` → `swap_restore_started`): "
+            f"{fmt_s(median(check_part))}",
+            f"- whole command: {fmt_s(m_whole)} (runs: {spread(whole)}) = {pct(m_whole, m_rawr)} vs raw "
+            f"pg_restore -j {BIG_JOBS} alone",
+            "",
+            phase_table(swap_phases),
+        ])
+        report.add("13b", f"restore part of a swap `rollback --restore` (jobs {BIG_JOBS}) vs raw "
+                   f"`pg_restore -j {BIG_JOBS}`",
+                   f"{fmt_s(m_restore)} vs {fmt_s(m_rawr)} ({pct(m_restore, m_rawr)})", "≤ +5%",
+                   m_restore <= m_rawr * 1.05, detail)
+        report.add("13c", f"whole swap `rollback --restore` (start-up, manifest check, verify step) vs "
+                   f"raw `pg_restore -j {BIG_JOBS}`", f"{fmt_s(m_whole)} vs {fmt_s(m_rawr)} "
+                   f"({pct(m_whole, m_rawr)})", "reported", None)
+    finally:
+        _clear_all(folder)
+        _drop_side_databases(bench)
+        project.env_overrides = {}
+        project.write_inventory()
+        with bench.server.admin() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(raw_db)))
+            conn.execute(sql.SQL("ALTER ROLE {} NOCREATEDB").format(role))
+            conn.execute(sql.SQL("REVOKE pg_signal_backend FROM {}").format(role))

@@ -1,8 +1,10 @@
 """The backups on a database host: listing, choosing one to restore, pruning by retention.
 
-Backups are ``<db>_<env>_<UTC stamp>_<revision>[_<label>].dump`` in the environment's backup folder,
-each with a ``.sha256`` file written only after ``pg_restore --list`` read the dump: a dump with that
-file is a verified backup. Labels mark the safety copies runbook takes of a state it is about to
+Backups are ``<db>_<env>_<UTC stamp>_<revision>[_<label>].dump`` (``pg_dump -Fc``, one file) or
+``.dumpdir`` (``pg_dump -Fd``, a folder) in the environment's backup folder, each with a ``.sha256``
+file written only after ``pg_restore --list`` read the dump: a dump with that file is a verified
+backup. For a folder the ``.sha256`` file is the manifest of its files (``dumpdir``), and the
+backup's sha256 is that manifest's. Labels mark the safety copies runbook takes of a state it is about to
 leave (``pre-rollback``, ``pre-restore``); those are never the default backup to restore.
 """
 
@@ -15,6 +17,7 @@ from typing import Any
 from .transports.base import Transport, quote
 
 SAFETY_LABELS = ("_pre-restore", "_pre-rollback")
+SUFFIXES = (".dump", ".dumpdir")
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class BackupFile:
     stamp: str
     revision: str
     label: str
+    directory: bool = False  # a pg_dump -Fd folder (``.dumpdir``)
 
     @property
     def verified(self) -> bool:
@@ -44,7 +48,7 @@ class BackupFile:
     def fact(self) -> dict[str, Any]:
         return {"name": self.name, "path": self.path, "size": self.size, "age_s": round(self.age_s()),
                 "sha256": self.sha256, "verified": self.verified, "revision": self.revision,
-                "label": self.label.lstrip("_") or None}
+                "label": self.label.lstrip("_") or None, "format": "directory" if self.directory else "custom"}
 
 
 def folder_of(env: Any) -> str:
@@ -62,10 +66,11 @@ def on_host(folder: str, transport: Transport) -> str:
 
 
 def parse_name(name: str, prefix: str) -> tuple[str, str, str] | None:
-    """``<prefix><stamp>_<revision>[_label].dump`` -> (stamp, revision, label)."""
-    if not name.startswith(prefix) or not name.endswith(".dump"):
+    """``<prefix><stamp>_<revision>[_label].dump`` (or ``.dumpdir``) -> (stamp, revision, label)."""
+    suffix = next((s for s in SUFFIXES if name.endswith(s)), None)
+    if not name.startswith(prefix) or suffix is None:
         return None
-    rest = name[len(prefix):-len(".dump")]
+    rest = name[len(prefix):-len(suffix)]
     label = ""
     for candidate in SAFETY_LABELS:
         if rest.endswith(candidate):
@@ -77,26 +82,30 @@ def parse_name(name: str, prefix: str) -> tuple[str, str, str] | None:
 
 
 def list_backups(transport: Transport, folder: str, db: str, env: str) -> list[BackupFile]:
-    """The backups of ``db`` in ``env`` in ``folder`` on the host, newest first."""
+    """The backups of ``db`` in ``env`` in ``folder`` on the host, newest first (one command)."""
     prefix = f"{db}_{env}_"
+    # A folder's size is the sum of its files (du), its sha256 that of its manifest.
     script = (f"cd {quote(folder)} 2>/dev/null || exit 0; "
               f"for f in {quote(prefix)}*.dump; do [ -f \"$f\" ] || continue; "
-              "s=$(cat \"$f.sha256\" 2>/dev/null | cut -d' ' -f1); "
-              "printf '%s\\t%s\\t%s\\n' \"$f\" \"$(stat -c '%s %Y' \"$f\")\" \"$s\"; done")
+              "s=$(head -n1 \"$f.sha256\" 2>/dev/null | cut -d' ' -f1); "
+              "printf '%s\\t%s\\t%s\\tf\\n' \"$f\" \"$(stat -c '%s %Y' \"$f\")\" \"$s\"; done; "
+              f"for f in {quote(prefix)}*.dumpdir; do [ -d \"$f\" ] || continue; s=; "
+              "[ -f \"$f.sha256\" ] && s=$(sha256sum < \"$f.sha256\" | cut -d' ' -f1); "
+              "printf '%s\\t%s %s\\t%s\\td\\n' \"$f\" \"$(du -sb \"$f\" | cut -f1)\" \"$(stat -c %Y \"$f\")\" \"$s\"; done")
     out = transport.run(script, timeout=60).stdout
     found: list[BackupFile] = []
     for line in out.splitlines():
         parts = line.split("\t")
-        if len(parts) != 3:
+        if len(parts) != 4:
             continue
-        name, stat, digest = parts
+        name, stat, digest, kind = parts
         parsed = parse_name(name, prefix)
-        if parsed is None:
+        if parsed is None or name.endswith(".dumpdir") != (kind == "d"):
             continue
         size, mtime = stat.split()
         stamp, revision, label = parsed
         found.append(BackupFile(f"{folder.rstrip('/')}/{name}", name, int(size), float(mtime),
-                                digest or None, stamp, revision, label))
+                                digest or None, stamp, revision, label, directory=kind == "d"))
     found.sort(key=lambda b: (b.stamp, b.mtime, b.name), reverse=True)
     return found
 

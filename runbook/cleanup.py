@@ -4,8 +4,9 @@ A run killed half-way (SIGKILL, a closed laptop, a lost control machine) leaves 
 ``running``. The next run on this control machine reports it (``previous_run_incomplete``: its last
 step) and, on the host it reaches, ends what that run may have left: commands still running under
 its tag (a cut link leaves them running until sshd notices), its database sessions (their
-transactions roll back), the scratch database of its rehearsal, its password files on the host and
-under ``.runbook/secrets``.
+transactions roll back), the scratch database of its rehearsal, the copy its swap restore was
+restoring into (``<db>__runbook_restore_<stamp>``, named in its journal), its password files on the
+host and under ``.runbook/secrets``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def dead_runs(ctx: Any) -> None:
             log.warning("previous_run_incomplete", previous_run=run_id, last_step=last.get("step"),
                         last_step_outcome=last.get("outcome"), started=rec.data.get("started"))
             end_leftovers(ctx, run_id)
+            from .steps.swap import drop_dead_copy
+
+            drop_dead_copy(ctx, rec.data)
         elif rec.data.get("status") in ("succeeded", "rolled_back", "failed", "needs_person"):
             break
 

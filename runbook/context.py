@@ -37,13 +37,15 @@ class Options:
 
 @dataclass
 class Backup:
-    """A verified backup on the database host."""
+    """A verified backup on the database host; or (``database``) a database a swap restore kept
+    on the server, ``path`` its name: the state it replaced, put back by swapping it in again."""
 
     path: str
     size: int
     sha256: str
     revision: str
     created: str
+    database: bool = False
 
     @property
     def name(self) -> str:
@@ -73,6 +75,7 @@ class Context:
     facts: dict[str, bool] = field(default_factory=dict)
     backup: Backup | None = None
     backups: list[Backup] = field(default_factory=list)
+    swap_rights: Any = None  # dbswap.Rights, once checked (restore.mode: swap)
     lint: dict[Any, Any] = field(default_factory=dict)  # the run's lint analysis (lint/preflight.py)
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic

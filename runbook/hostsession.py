@@ -50,6 +50,7 @@ class HostSession:
         self._ahead: dict[tuple[Any, ...], tuple[Endpoint, Any]] = {}  # see ``prepare_engine``
         self._early_lock: Any = None  # the run lock's session, opened early (``early``)
         self.step_revisions: tuple[str, ...] | None = None  # alembic_version as the step began
+        self.run_lock: Any = None  # the run lock the steps are checked against (``begin_step``)
 
     # -- opening --------------------------------------------------------------------------------
     def open(self, *, announce: bool = False,
@@ -182,6 +183,7 @@ class HostSession:
 
         import psycopg
 
+        self.run_lock = lock  # a swap restore ends its session, and takes it again
         label = f"{postgres.APP_NAME}:{name} {self.run_id}"[:63]
         query = lock.held_query(label)
         for last_try in (False, True):  # a session broken meanwhile (a restarted server): once more
@@ -199,6 +201,12 @@ class HostSession:
         self._shared_name = name if revisions or query is None else "?"
         self.step_revisions = revisions
         return lock.held_in(row)
+
+    def close_db_sessions(self) -> None:
+        """Close the run's shared session and the connections opened ahead (a swap restore is about
+        to rename the database: no session may stay on it). ``db`` opens a new one on next use."""
+        self._drop_ahead()
+        self._drop_shared()
 
     def _drop_shared(self) -> None:
         if self._shared is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from . import yamlfile
 from .errors import ConfigError
@@ -55,6 +55,33 @@ class BackupConfig(_Model):
     dir: str = "~/runbook-backups"
     keep: int = Field(default=10, ge=1)
     timeout: Duration = 6 * 3600.0
+    format: Literal["custom", "directory"] = "custom"  # pg_dump -Fc (one file) | -Fd (a folder)
+    jobs: int = Field(default=1, ge=1, le=64)            # pg_dump -j: directory format only
+
+    @field_validator("jobs")
+    @classmethod
+    def _jobs_need_directory(cls, value: int, info: ValidationInfo) -> int:
+        if value > 1 and info.data.get("format", "custom") != "directory":
+            raise ValueError(f"jobs: {value} needs format: directory (pg_dump -j writes one file per "
+                             "table in parallel; the custom format is one file written by one process)")
+        return value
+
+
+class RestoreConfig(_Model):
+    """How a backup is put back: ``in-place`` (one psql transaction over the live database) or
+    ``swap`` (``pg_restore -j`` into a new database on the same server, verified, then renamed
+    into place in one transaction: see steps/swap.py)."""
+
+    mode: Literal["in-place", "swap"] = "in-place"
+    jobs: int | None = Field(default=None, ge=1, le=64)  # pg_restore -j (swap only; default backup.jobs)
+
+    @field_validator("jobs")
+    @classmethod
+    def _jobs_need_swap(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and value > 1 and info.data.get("mode", "in-place") != "swap":
+            raise ValueError(f"jobs: {value} needs mode: swap (the in-place restore is one psql "
+                             "transaction, single-threaded)")
+        return value
 
 
 class WindowConfig(_Model):
@@ -210,6 +237,7 @@ class EnvironmentConfig(_Model):
     hosts: list[HostConfig] = []
     database: dict[str, Any] | None = None
     backup: BackupConfig = BackupConfig()
+    restore: RestoreConfig = RestoreConfig()
     window: WindowConfig | None = None
     locks: LocksConfig = LocksConfig()
     alembic: AlembicConfig = AlembicConfig()

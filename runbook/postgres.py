@@ -136,9 +136,12 @@ def conn_args(host: str, port: int, dbname: str, user: str) -> list[str]:
     return ["-d", conninfo(host, port, dbname, user), "--no-password"]
 
 
-def pg_dump_cmd(host: str, port: int, dbname: str, user: str, out: str, bin_dir: str | None = None) -> str:
+def pg_dump_cmd(host: str, port: int, dbname: str, user: str, out: str, bin_dir: str | None = None,
+                *, directory: bool = False, jobs: int = 1) -> str:
+    """``pg_dump -Fc`` (one file), or ``-Fd`` (a folder) with ``-j jobs`` processes."""
     exe = f"{bin_dir}/pg_dump" if bin_dir else "pg_dump"
-    return quote(exe, "-Fc", *conn_args(host, port, dbname, user), "-f", out)
+    fmt = ["-Fd", "-j", str(jobs)] if directory else ["-Fc"]
+    return quote(exe, *fmt, *conn_args(host, port, dbname, user), "-f", out)
 
 
 def pg_restore_list_cmd(path: str, bin_dir: str | None = None) -> str:

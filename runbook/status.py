@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from . import journal, postgres
+from . import dbswap, journal, postgres
 from .background import Pending
 from .backups import folder_of, human_age, human_size, list_backups, on_host
 from .migrations import fmt
@@ -41,15 +41,17 @@ def host_status(viewer: Any, host: Any) -> dict[str, Any]:
         listing = Pending(lambda: list_backups(transport, folder, db.name, env.name), "status-backups")
         with ctx.connect("status") as conn:  # only reads, in one round trip
 
-            def queue() -> tuple[Any, tuple[Any, Any]]:
-                holder = conn.cursor()
+            def queue() -> tuple[Any, Any, tuple[Any, Any]]:
+                holder, side = conn.cursor(), conn.cursor()
                 holder.execute(postgres.RUN_LOCK_HOLDER_SQL, postgres.RUN_LOCK, prepare=False)
-                return holder, postgres.queue_sessions(conn, runbook=True)
+                side.execute(dbswap.SIDE_SQL, dbswap.side_params(db.name), prepare=False)  # swap restores'
+                return holder, side, postgres.queue_sessions(conn, runbook=True)
 
-            (holder, queued), current = postgres.with_revisions(conn, queue)
+            (holder, side, queued), current = postgres.with_revisions(conn, queue)
             sessions = postgres.read_sessions(*queued)
-            with holder:
+            with holder, side:
                 run_lock = _holder_fact(holder.fetchone())
+                kept = dbswap.side_databases(side.fetchall(), db.name)
         found = listing.result()
         # with alembic.remote the history is read on this host
         pending = ctx.migrations.pending(current, "heads")
@@ -61,7 +63,7 @@ def host_status(viewer: Any, host: Any) -> dict[str, Any]:
             "head": fmt(heads),
             "pending": [{"revision": r.id, "doc": r.doc} for r in pending],
             "backups": [b.fact() for b in found], "backup_dir": folder,
-            "run_lock": run_lock, "sessions": [s.fact() for s in interesting]}
+            "run_lock": run_lock, "sessions": [s.fact() for s in interesting], "databases": kept}
 
 
 def _holder_fact(row: Any) -> dict[str, Any] | None:
@@ -134,6 +136,14 @@ def render(plan: Any, options: Any) -> int:
             label = f" [{b['label']}]" if b["label"] else ""
             lines.append(f"    {b['name']}  {human_size(b['size'])}  {human_age(b['age_s'])} old  "
                          f"sha256 {str(b['sha256'])[:12]}{label}{mark}")
+        for d in hs.get("databases") or []:
+            size = human_size(d["size"]) if d["size"] is not None else "size unknown"
+            if d["kind"] == "before":
+                lines.append(f"  kept database {d['name']}  {size}: {hs['database']} as it was before a swap "
+                             "restore; dropped by the next successful migrate or backup")
+            else:
+                lines.append(f"  RESTORE COPY {d['name']}  {size}: a swap restore in progress, or left by a "
+                             "killed one (the next run drops it)")
         lock = hs["run_lock"]
         if lock:
             lines.append(f"  run lock: HELD by {lock['holder'] or 'another session'} (server pid {lock['pid']}, "

@@ -1,8 +1,11 @@
-"""``backup``: a verified ``pg_dump -Fc`` on the database host.
+"""``backup``: a verified ``pg_dump`` on the database host, in one host command.
 
-Written to ``<name>.partial`` first, checked with ``pg_restore --list``, then renamed, so a file with
-the final name is always a complete, readable dump; mode 0600 from the start (umask 077); its size and
-sha256 are recorded in the run journal and in a ``.sha256`` file beside it.
+``backup.format: custom`` (the default): ``pg_dump -Fc``, one file ``<name>.dump``. ``directory``:
+``pg_dump -Fd -j backup.jobs``, a folder ``<name>.dumpdir`` hashed file by file as it is written
+(``dumpdir``). Either is written under ``<name>.partial`` first, checked with ``pg_restore --list``,
+then renamed, so a dump with the final name is always complete and readable; mode 0600 (0700 for
+a folder) from the start (umask 077); its size and sha256 are recorded in the run journal and in a
+``.sha256`` file beside it (for a folder: the manifest of its files, whose own sha256 is recorded).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from ..context import Backup, Context
 from ..progress import Progress
 from ..errors import BackupError, CommandFailed, CommandTimedOut
 from ..migrations import fmt
+from .. import dumpdir
 from ..postgres import pg_dump_cmd, pg_restore_list_cmd
 from ..transports.base import quote
 from ..hostcmd import backup_dir, cleanup_trap, pg_env
@@ -44,29 +48,21 @@ NAME_TAKEN = 75  # EX_TEMPFAIL
 def _dump(ctx: Context, label: str, revision: str, stamp: str) -> Backup:
     db = ctx.database
     folder = backup_dir(ctx)
-    name = f"{db.name}_{ctx.env.name}_{stamp}_{revision}{label}.dump"
+    directory = ctx.env.config.backup.format == "directory"
+    name = f"{db.name}_{ctx.env.name}_{stamp}_{revision}{label}{dumpdir.SUFFIX if directory else '.dump'}"
     path = f"{folder}/{name}"
     partial = path + ".partial"
-    script = "; ".join([
-        "set -e",
-        "umask 077",
-        f"[ ! -e {quote(path)} ] || exit {NAME_TAKEN}",
-        cleanup_trap(partial),
-        f"mkdir -p {quote(folder)}",
-        pg_dump_cmd(db.host, db.port, db.name, db.user, partial, ctx.pg_bin),
-        pg_restore_list_cmd(partial, ctx.pg_bin),
-        f"chmod 600 {quote(partial)}",
-        # OpenSSL's SHA-256 uses the CPU's SHA extensions: ~4x coreutils' sha256sum (bench/README.md)
-        f"sum=$(openssl dgst -sha256 -r {quote(partial)} 2>/dev/null | cut -d' ' -f1)",
-        f"[ ${{#sum}} -eq 64 ] || sum=$(sha256sum {quote(partial)} | cut -d' ' -f1)",
-        f"size=$(stat -c %s {quote(partial)})",
-        f"mv {quote(partial)} {quote(path)}",
-        f"printf '%s  %s\\n' \"$sum\" {quote(name)} > {quote(path + '.sha256')}",
-        'echo "$sum $size"',
-    ])
+    if directory:
+        script = dumpdir.dump_script(
+            folder=folder, path=path, name_taken=NAME_TAKEN,
+            pg_dump=pg_dump_cmd(db.host, db.port, db.name, db.user, partial, ctx.pg_bin, directory=True,
+                                jobs=ctx.env.config.backup.jobs),
+            pg_restore_list=pg_restore_list_cmd(partial, ctx.pg_bin))
+    else:
+        script = _custom_script(ctx, folder, name)
     try:
         env, secret = pg_env(ctx)
-        with progress(ctx, "pg_dump", partial):
+        with progress(ctx, "pg_dump", partial, directory=directory):
             _prewarm()
             result = ctx.transport.run(script, env=env, secret=secret, timeout=ctx.env.config.backup.timeout)
     except CommandFailed as exc:
@@ -88,6 +84,30 @@ def _dump(ctx: Context, label: str, revision: str, stamp: str) -> Backup:
     return backup
 
 
+def _custom_script(ctx: Context, folder: str, name: str) -> str:
+    """The host script of a ``pg_dump -Fc``: dump, ``pg_restore --list``, sha256, rename."""
+    db = ctx.database
+    path = f"{folder}/{name}"
+    partial = path + ".partial"
+    return "; ".join([
+        "set -e",
+        "umask 077",
+        f"[ ! -e {quote(path)} ] || exit {NAME_TAKEN}",
+        cleanup_trap(partial),
+        f"mkdir -p {quote(folder)}",
+        pg_dump_cmd(db.host, db.port, db.name, db.user, partial, ctx.pg_bin),
+        pg_restore_list_cmd(partial, ctx.pg_bin),
+        f"chmod 600 {quote(partial)}",
+        # OpenSSL's SHA-256 uses the CPU's SHA extensions: ~4x coreutils' sha256sum (bench/README.md)
+        f"sum=$(openssl dgst -sha256 -r {quote(partial)} 2>/dev/null | cut -d' ' -f1)",
+        f"[ ${{#sum}} -eq 64 ] || sum=$(sha256sum {quote(partial)} | cut -d' ' -f1)",
+        f"size=$(stat -c %s {quote(partial)})",
+        f"mv {quote(partial)} {quote(path)}",
+        f"printf '%s  %s\\n' \"$sum\" {quote(name)} > {quote(path + '.sha256')}",
+        'echo "$sum $size"',
+    ])
+
+
 def _prewarm() -> None:
     """Import pglast (check_locks' SQL parser, ~0.15 s of CPU) while this process only waits for
     pg_dump on the host, instead of on the run's critical path (bench/README.md)."""
@@ -102,10 +122,13 @@ def _prewarm() -> None:
     threading.Thread(target=work, name="prewarm", daemon=True).start()
 
 
-def progress(ctx: Context, label: str, path: str | None = None) -> Progress:
-    """Elapsed time (and bytes written to ``path``) on a TTY while a long command runs."""
+def progress(ctx: Context, label: str, path: str | None = None, *, directory: bool = False) -> Progress:
+    """Elapsed time (and bytes written to ``path``, a file or a folder) on a TTY while a long
+    command runs."""
+    size = "du -sb {} 2>/dev/null | cut -f1" if directory else "stat -c %s {} 2>/dev/null"
+
     def measure() -> int | None:
-        out = ctx.transport.run(f"stat -c %s {quote(str(path))} 2>/dev/null", check=False, timeout=5)
+        out = ctx.transport.run(size.format(quote(str(path))), check=False, timeout=5)
         return int(out.stdout.strip()) if out.ok and out.stdout.strip().isdigit() else None
 
     enabled = sys.stderr.isatty() and not ctx.options.json

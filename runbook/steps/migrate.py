@@ -147,6 +147,11 @@ def prepare(ctx: Context, steps: Any) -> None:
             return
     elif ctx.options.restore is not None:
         return
+    if ctx.env.config.restore.mode == "swap" and first.kind == "upgrade":
+        # its rollback may restore: refused now if it could not (``rollback`` checks for itself)
+        from .swap import precheck
+
+        precheck(ctx)
     direction = "upgrade" if first.kind == "upgrade" else "downgrade"
     ctx.migrations.prepare(direction, ctx.settings(lock_timeout_for(1, ctx.locks.lock_timeout)))
 

@@ -1,9 +1,15 @@
 """``restore``: put a backup back, atomically, after saving the current state.
 
-The current state is dumped first (nothing is ever overwritten without a backup of it). Then, in one
-``psql --single-transaction``: the database's own schemas are dropped and the dump's SQL (from
-``pg_restore -f -``) is replayed. If anything fails, including pg_restore itself, the transaction
-rolls back and the database is exactly as it was before the step.
+The backup's checksum is checked and the current state is dumped first (nothing is ever
+overwritten without a backup of it). Then, by ``restore.mode``:
+
+- ``in-place`` (the default), in one ``psql --single-transaction``: the database's own schemas are
+  dropped and the dump's SQL (from ``pg_restore -f -``) is replayed. If anything fails, including
+  pg_restore itself, the transaction rolls back and the database is exactly as it was before the
+  step. Atomic, and single-threaded.
+- ``swap``: ``pg_restore -j N`` into a new database, verified, then renamed into place in one
+  transaction (``steps/swap.py``): the speed of ``pg_restore -j N``, the database never
+  half-restored; it ends every session of the database at the swap and needs CREATEDB.
 
 The replay runs with ``lock_timeout`` (through ``PGOPTIONS``) and is retried on a lock timeout, like
 the upgrade, bounded by ``max_wait``: a session of the application holding a lock must neither keep
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from .. import dumpdir
 from ..context import Backup, Context
 from ..errors import CommandFailed, CommandTimedOut, RestoreError
 from ..migrations import LOCK_NOT_AVAILABLE
@@ -80,20 +87,52 @@ def chosen(ctx: Context, which: str) -> Backup:
     raise RestoreError(f"unknown backup '{which}'", step="restore", host=ctx.host.name)
 
 
-def restore(ctx: Context, backup: Backup, on_saved: Callable[[Backup], None] | None = None) -> Backup:
-    """Save the current state, then restore ``backup``; returns the pre-restore backup.
-
-    ``on_saved`` gets the pre-restore backup as soon as it exists: if the replay then fails (an
-    interrupt, a lost link), the caller's rollback can put that state back."""
-    db = ctx.database
-    # sha256sum alone: behind a pipe its failure (an unreadable file) would be the pipe's success.
-    check = ctx.transport.run(f"sha256sum {quote(backup.path)}", check=False)
-    if not check.ok or not check.stdout.strip():
-        raise BackupUnusable(f"backup {backup.path} is not readable on {ctx.host.name}: {check.tail(3)}",
-                             step="restore", host=ctx.host.name)
+def check_checksum(ctx: Context, backup: Backup, jobs: int = 1) -> None:
+    """The backup is readable and is the one that was written: its sha256 (a folder's: every file
+    against its manifest, ``jobs`` at once, and the manifest's own sha256), or BackupUnusable."""
+    if backup.path.endswith(dumpdir.SUFFIX):
+        folder, name = backup.path.rsplit("/", 1)
+        check = ctx.transport.run(dumpdir.check_script(folder, name, jobs), check=False,
+                                  timeout=ctx.env.config.backup.timeout)
+        if not check.ok:
+            raise BackupUnusable(f"backup {backup.path} does not match its manifest (damaged or replaced since "
+                                 f"it was written): {_errors(check.stderr or check.stdout, 3)}",
+                                 step="restore", host=ctx.host.name)
+    else:
+        # sha256sum alone: behind a pipe its failure (an unreadable file) would be the pipe's success.
+        check = ctx.transport.run(f"sha256sum {quote(backup.path)}", check=False)
+        if not check.ok or not check.stdout.strip():
+            raise BackupUnusable(f"backup {backup.path} is not readable on {ctx.host.name}: {check.tail(3)}",
+                                 step="restore", host=ctx.host.name)
     if backup.sha256 and check.stdout.split()[0] != backup.sha256:
         raise BackupUnusable(f"backup {backup.path} does not match its recorded sha256 (damaged or "
                              "replaced since it was written)", step="restore", host=ctx.host.name)
+
+
+def restore(ctx: Context, backup: Backup, on_saved: Callable[[Backup], None] | None = None,
+            facts: dict[str, Any] | None = None) -> Backup:
+    """Save the current state, then restore ``backup``; returns the saved state.
+
+    In place, the saved state is a ``_pre-restore`` backup taken first. By swap (``restore.mode:
+    swap``, or ``backup`` is a database a swap kept), it is the database the swap replaces, kept
+    on the server: no dump is taken, and the restore runs at the speed of ``pg_restore -j``.
+    ``on_saved`` gets it as soon as the database may change (in place: once the dump exists; swap:
+    once the swap is done): if the restore then fails (an interrupt, a lost link), the caller's
+    rollback can put that state back. ``facts`` gets what a swap did."""
+    from . import swap
+
+    if ctx.env.config.restore.mode == "swap" or backup.database:
+        if ctx.swap_rights is None:
+            swap.precheck(ctx)  # before anything (a rollback or a migrate checked it already)
+        if not backup.database:
+            check_checksum(ctx, backup, swap.jobs(ctx))
+        done = swap.restore(ctx, backup, on_changed=on_saved)
+        saved: Backup = done.pop("saved")
+        if facts is not None:
+            facts.update(done)
+        return saved
+    db = ctx.database
+    check_checksum(ctx, backup, swap.jobs(ctx))
     saved = backup_step.take(ctx, label="_pre-restore")
     ctx.log.info("current_state_saved", **saved.fact())
     if on_saved is not None:
@@ -150,6 +189,8 @@ def restore(ctx: Context, backup: Backup, on_saved: Callable[[Backup], None] | N
 
 def run(ctx: Context, params: Any) -> dict[str, Any]:
     backup = chosen(ctx, params.backup)
-    saved = restore(ctx, backup)
+    facts: dict[str, Any] = {}
+    saved = restore(ctx, backup, facts=facts)
     ctx.facts["restored"] = True
-    return {"restored": backup.path, "restored_sha256": backup.sha256, "saved_current_state": saved.path}
+    return {"restored": backup.path, "restored_sha256": backup.sha256, "saved_current_state": saved.path,
+            **({"swap": facts} if facts else {})}

@@ -144,7 +144,8 @@ def plan(ctx: Any, current: tuple[str, ...]) -> dict[str, Any]:
         if chosen is not None:
             lines.append(f"  INSTEAD: restore {chosen.name} (taken at {chosen.revision}, "
                          f"{backups_mod.human_age(chosen.age_s())} ago): everything written since then is "
-                         "replaced; the current state is backed up first")
+                         "replaced; the current state is "
+                         + ("kept" if ctx.env.config.restore.mode == "swap" else "backed up first"))
         else:
             lines.append(f"  and no verified backup at {fmt(target_ids)} is on the host: "
                          f"name one with runbook {ctx.env.name} rollback --restore BACKUP")
@@ -159,6 +160,12 @@ def plan(ctx: Any, current: tuple[str, ...]) -> dict[str, Any]:
 
 
 def run(ctx: Context, params: Any) -> dict[str, Any]:
+    from . import swap
+
+    if ctx.env.config.restore.mode == "swap":
+        # Whichever way it goes back (its own restore, or the playbook's restore of the state it
+        # started from if the downgrade fails), a swap restore's rights are checked first.
+        ctx.swap_rights = swap.precheck(ctx)
     if ctx.options.restore is not None:
         return _restore(ctx)
     current = ctx.current_at_start()
@@ -230,29 +237,79 @@ def choose_backup(ctx: Any) -> backups_mod.BackupFile:
 
 
 def restore_lines(ctx: Any, chosen: backups_mod.BackupFile, current: tuple[str, ...]) -> list[str]:
-    return [f"Restore {ctx.env.name}/{ctx.host.name}: {ctx.database.name} at {fmt(current)} <- "
-            f"{chosen.name} (revision {chosen.revision}, {backups_mod.human_size(chosen.size)}, "
-            f"{backups_mod.human_age(chosen.age_s())} old).",
-            "  Everything written since that backup is replaced; the current state is backed up first."]
+    lines = [f"Restore {ctx.env.name}/{ctx.host.name}: {ctx.database.name} at {fmt(current)} <- "
+             f"{chosen.name} (revision {chosen.revision}, {backups_mod.human_size(chosen.size)}, "
+             f"{backups_mod.human_age(chosen.age_s())} old).",
+             "  Everything written since that backup is replaced; the current state is "
+             + ("kept." if ctx.env.config.restore.mode == "swap" else "backed up first.")]
+    return lines + how_lines(ctx)
+
+
+def how_lines(ctx: Any) -> list[str]:
+    """How the restore is done, when it is a swap (it ends sessions: a person must know first)."""
+    from . import swap
+
+    if ctx.env.config.restore.mode != "swap":
+        return []
+    return swap.plan_lines(ctx, ctx.swap_rights)
 
 
 def _restore(ctx: Context) -> dict[str, Any]:
+    kept = kept_database(ctx, str(ctx.options.restore or ""))
+    if kept is not None:
+        return _swap_back(ctx, kept)
     chosen = choose_backup(ctx)
     current = ctx.current_at_start()
     return _restore_backup(ctx, chosen, current, [])
 
 
+def kept_database(ctx: Context, name: str) -> dict[str, Any] | None:
+    """``--restore NAME`` naming a database a swap restore kept (``<db>__runbook_before_<stamp>``)."""
+    from .. import dbswap
+
+    if not name.startswith(dbswap.side_prefix(ctx.database.name, "before")):
+        return None
+    with ctx.connect("rollback") as conn:
+        found = [d for d in dbswap.side_of(conn, ctx.database.name) if d["kind"] == "before" and d["name"] == name]
+    if not found:
+        raise ConfigError(f"no kept database {name} of {ctx.database.name} on {ctx.host.name} "
+                          f"(runbook {ctx.env.name} status lists them)")
+    return found[0]
+
+
+def _swap_back(ctx: Context, kept: dict[str, Any]) -> dict[str, Any]:
+    """``--restore`` of a database a swap restore kept: it is verified and swapped in again, the
+    database it replaces kept in turn (always a swap, whatever ``restore.mode``: it needs its rights)."""
+    from . import swap
+
+    if ctx.swap_rights is None:
+        ctx.swap_rights = swap.precheck(ctx)
+    current = ctx.current_at_start()
+    size = backups_mod.human_size(kept["size"]) if kept["size"] is not None else "size unknown"
+    lines = [f"Restore {ctx.env.name}/{ctx.host.name}: {ctx.database.name} at {fmt(current)} <- the kept database "
+             f"{kept['name']} ({size}, the state a swap restore replaced at {kept['stamp']}).",
+             "  Everything written since then is replaced."]
+    confirm(ctx, lines + swap.plan_lines(ctx, ctx.swap_rights, kept=kept["name"]))
+    target = Backup(kept["name"], int(kept["size"] or 0), "", "?", kept["stamp"], database=True)
+    return _restored(ctx, target, current, revision="?")
+
+
 def _restore_backup(ctx: Context, chosen: backups_mod.BackupFile, current: tuple[str, ...],
                     plan_lines: list[str]) -> dict[str, Any]:
-    confirm(ctx, plan_lines or restore_lines(ctx, chosen, current))
+    confirm(ctx, [*plan_lines, *how_lines(ctx)] if plan_lines else restore_lines(ctx, chosen, current))
     target = Backup(chosen.path, chosen.size, chosen.sha256 or "", chosen.revision, chosen.stamp)
+    return _restored(ctx, target, current, revision=chosen.revision)
+
+
+def _restored(ctx: Context, target: Backup, current: tuple[str, ...], *, revision: str) -> dict[str, Any]:
     def saved_first(copy: Backup) -> None:
         # The state this rollback started from, saved before anything changes: from here on, a
         # failure (an interrupt included) makes on_failure put that copy back.
         ctx.backup = copy
         ctx.facts["changed"] = True
 
-    saved = restore.restore(ctx, target, on_saved=saved_first)
+    swapped: dict[str, Any] = {}
+    saved = restore.restore(ctx, target, on_saved=saved_first, facts=swapped)
     ctx.facts["restored"] = True
-    return {"from": fmt(current), "restored": chosen.path, "restored_revision": chosen.revision,
-            "saved_current_state": saved.path, "to": fmt(ctx.current())}
+    return {"from": fmt(current), "restored": target.path, "restored_revision": revision,
+            "saved_current_state": saved.path, "to": fmt(ctx.current()), **({"swap": swapped} if swapped else {})}

@@ -1,0 +1,134 @@
+"""Directory-format backups (``backup.format: directory``): ``pg_dump -Fd -j N`` with a manifest.
+
+A directory dump is a folder of files (``toc.dat``, one ``<id>.dat.gz`` per table, blobs), written
+by ``jobs`` pg_dump processes at once. Its checksum is a **manifest**: one ``sha256  <name>/<file>``
+line per file, the ``.sha256`` file beside the folder, in ``sha256sum -c`` format (so a person can
+check a backup by hand: ``cd BACKUP_DIR && sha256sum -c NAME.dumpdir.sha256``). The backup's single
+sha256 (in the run log, the journal, ``status``) is the sha256 of that manifest.
+
+Each file is hashed as soon as pg_dump has closed it, while the dump goes on: the script polls the
+folder, and a file that no process of the job holds open any more (``/proc/PID/fd`` of the job's
+process group) is complete, since pg_dump writes every file of a directory dump once, from open to
+close. So the hashing overlaps the dump, and reads each file while it is still in the page cache:
+a dump bigger than the host's memory is never read back from disk, unlike a checksum taken after
+the dump. (A tar stream through ``tee``/``sha256sum`` would hash in the same pass too, but a tar
+cannot be restored with ``pg_restore -j``; ``pg_dump -Fd`` has no hook to hash the bytes it writes.)
+
+Everything runs as one host command (the round trip and the password file on its stdin as for a
+custom dump): dump, hashes, ``pg_restore --list``, rename. It needs Linux's ``/proc``, ``pgrep``
+(procps) and GNU coreutils on the host; ``openssl`` hashes faster than ``sha256sum`` where present.
+"""
+
+from __future__ import annotations
+
+from .transports.base import quote
+
+SUFFIX = ".dumpdir"
+# How often the folder is looked at while pg_dump writes (a look costs ~10 processes when a file is
+# new or still open; none otherwise): a closed file waits at most this long to be hashed.
+POLL = 1
+
+
+def _hasher() -> str:
+    """Shell function ``h FILE...`` printing ``<sha256> <file>`` lines (OpenSSL's SHA-256 uses the
+    CPU's SHA extensions: ~4x coreutils' sha256sum, bench/README.md)."""
+    return ("if openssl dgst -sha256 -r /dev/null >/dev/null 2>&1; then "
+            "h() { openssl dgst -sha256 -r \"$@\"; }; else h() { sha256sum \"$@\"; }; fi")
+
+
+def dump_script(*, folder: str, path: str, pg_dump: str, pg_restore_list: str, name_taken: int) -> str:
+    """The host script of one directory dump; prints ``<manifest sha256> <bytes>`` on success.
+
+    ``pg_dump`` writes ``<path>.partial`` (a folder), hashed file by file as it goes, into
+    ``<path>.partial.work/sums.*``; then ``pg_restore --list`` reads it, the manifest is written and
+    the folder renamed to ``path``, the manifest to ``path.sha256``. On any failure or signal the
+    trap removes the partial folder and the work files: a folder with the final name is always a
+    complete, readable, checksummed dump.
+    """
+    name = path.rsplit("/", 1)[-1]
+    partial, work = path + ".partial", path + ".partial.work"
+    on_exit = f"rm -rf -- {quote(partial)} {quote(work)} ${{PGPASSFILE:+\"$PGPASSFILE\"}}"
+    # The files of the job's process group that are open now: a file pg_dump (any worker) is
+    # still writing. Listed *after* the folder, so a file created in between is never taken for
+    # a closed one: it is not in the listing yet.
+    open_now = ("for q in $(pgrep -g 0); do readlink /proc/$q/fd/* 2>/dev/null; done | "
+                "P=\"$D/\" awk 'index($0, ENVIRON[\"P\"]) == 1 { print substr($0, length(ENVIRON[\"P\"]) + 1) }' | "
+                "LC_ALL=C sort -u > \"$W/$1.open\"")
+    sweep = (
+        # sweep TAG: hash the files of the dump that are complete and not hashed yet, into a new
+        # sums.TAG.N file (written under another name, then renamed: a sweep stopped half-way
+        # leaves no partial line). TAG s: while pg_dump runs; f: after it ended, all files closed.
+        "sweep() { "
+        "[ -d \"$D\" ] || return 0; "
+        # nothing new since the last sweep (a shell glob: no process started) -> nothing to do
+        "t=$1; set -- \"$D\"/*; [ -e \"$1\" ] || return 0; [ $# -ne $hashed ] || return 0; set -- \"$t\"; "
+        "ls -A \"$D\" | LC_ALL=C sort > \"$W/$1.ls\"; "
+        f"if [ \"$1\" = f ]; then : > \"$W/$1.open\"; else {open_now}; fi; "
+        "cat \"$W\"/sums.* 2>/dev/null | cut -d' ' -f2 | LC_ALL=C sort > \"$W/$1.done\"; "
+        "new=$(LC_ALL=C comm -23 \"$W/$1.ls\" \"$W/$1.done\" | LC_ALL=C comm -23 - \"$W/$1.open\"); "
+        "[ -n \"$new\" ] || return 0; "
+        # pg_dump names its files toc.dat, <id>.dat[.gz|.lz4|.zst], blobs.toc, blob_<oid>.dat...:
+        # anything else is not its file, and would not survive the word splitting below.
+        "if printf '%s\\n' \"$new\" | grep -q '[^A-Za-z0-9._]'; then "
+        "echo \"runbook: unexpected file in the dump folder: $new\" >&2; exit 1; fi; "
+        "n=$((n + 1)); hashed=$((hashed + $(printf '%s\\n' \"$new\" | wc -l))); "
+        "(cd \"$D\" && h $new) | sed 's/^\\([0-9a-f]\\{64\\}\\) [ *]/\\1 /' > \"$W/tmp.$1.$n\"; "
+        "mv \"$W/tmp.$1.$n\" \"$W/sums.$1.$n\"; "
+        "}"
+    )
+    return "\n".join([
+        "set -e",
+        "umask 077",
+        f"[ ! -e {quote(path)} ] || exit {name_taken}",
+        f"trap {quote(on_exit)} EXIT; trap 'exit 129' HUP INT TERM PIPE",
+        f"mkdir -p {quote(folder)}",
+        # the path as the kernel names it in /proc/PID/fd (a symlinked backup folder included)
+        f"D=\"$(cd {quote(folder)} && pwd -P)\"/{quote(name + '.partial')}",
+        f"W={quote(work)}",
+        "mkdir \"$W\"",
+        "n=0; hashed=-1",
+        _hasher(),
+        sweep,
+        # the sweeper hashes while pg_dump writes; stopped the moment pg_dump ends
+        f"( while :; do sweep s; sleep {POLL}; done ) & w=$!",
+        f"if {pg_dump}; then rc=0; else rc=$?; fi",
+        "kill $w 2>/dev/null || true",
+        "wait $w 2>/dev/null || true",
+        "[ $rc -eq 0 ] || exit $rc",
+        "sweep f",
+        # every file hashed exactly once
+        "cat \"$W\"/sums.* | cut -d' ' -f2 | LC_ALL=C sort > \"$W/f.done\"",
+        "ls -A \"$D\" | LC_ALL=C sort > \"$W/f.ls\"",
+        "if ! cmp -s \"$W/f.ls\" \"$W/f.done\"; then echo 'runbook: the manifest does not match the dump folder' >&2; exit 1; fi",
+        pg_restore_list,
+        f"cat \"$W\"/sums.* | LC_ALL=C sort -k2 | N={quote(name)} awk '{{ print $1 \"  \" ENVIRON[\"N\"] \"/\" $2 }}' > \"$W/manifest\"",
+        "sum=$(h \"$W/manifest\" | cut -d' ' -f1)",
+        "[ ${#sum} -eq 64 ]",
+        "size=$(du -sb \"$D\" | cut -f1)",
+        f"mv \"$D\" {quote(path)}",
+        f"mv \"$W/manifest\" {quote(path + '.sha256')}",
+        'echo "$sum $size"',
+    ])
+
+
+def check_script(folder: str, name: str, jobs: int) -> str:
+    """Host script: re-hash every file of the directory dump ``name`` against its manifest
+    (``jobs`` ``sha256sum -c`` at once, each on a share of the lines) and print the manifest's own
+    sha256. Fails naming the first file that is missing or differs."""
+    jobs = max(1, jobs)
+    manifest = quote(name + ".sha256")
+    checks = [f"awk 'NR % {jobs} == {i}' {manifest} | sha256sum -c --quiet --strict - > \"$t.{i}\" 2>&1 & p{i}=$!"
+              for i in range(jobs)]
+    return "\n".join([
+        "set -e",
+        f"cd {quote(folder)}",
+        f"[ -d {quote(name)} ] || {{ echo 'runbook: no such backup folder: {name}' >&2; exit 1; }}",
+        f"[ -s {manifest} ] || {{ echo 'runbook: no manifest beside {name}' >&2; exit 1; }}",
+        "t=$(mktemp)",
+        "trap 'rm -f \"$t\" \"$t\".*' EXIT",
+        *checks,
+        "ok=0",
+        *[f"wait $p{i} || ok=1" for i in range(jobs)],
+        "if [ $ok -ne 0 ]; then cat \"$t\".* | grep -v '^$' | head -5 >&2; exit 1; fi",
+        f"sha256sum < {manifest} | cut -d' ' -f1",
+    ])
