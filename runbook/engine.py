@@ -121,13 +121,7 @@ class Engine:
         self.journal.host(host.name)["started"] = now_iso()
         window = WindowGuard(self.env, self.playbook, self.journal, ignore=self.options.ignore_window)
         window.before_connect(host.name)  # outside the window, or too short for past runs: refused
-        lock = self._lock = RunLock(None, self.journal.run_id, self.env.state_dir)
-        try:
-            opened = HostSession(self.env, host, self.journal.run_id, sleep=self.sleep).open(
-                announce=True, on_tunnel=lock.connect_ahead)
-        except BaseException:
-            lock.release()
-            raise
+        opened, lock = self._open(host, announce=True)
         with opened as session:
             ctx = session.context(self.options, self.journal, self.migrations)
             try:
@@ -175,13 +169,7 @@ class Engine:
         record = self.journal.host(host.name)
         start = tuple(r for r in str(record.get("start_revision") or "").split(",") if r and r != "base")
         with interrupts.shielded():
-            lock = self._lock = RunLock(None, self.journal.run_id, self.env.state_dir)
-            try:
-                opened = HostSession(self.env, host, self.journal.run_id, sleep=self.sleep).open(
-                    on_tunnel=lock.connect_ahead)
-            except BaseException:
-                lock.release()
-                raise
+            opened, lock = self._open(host, announce=False)
             with opened as session:
                 ctx = session.context(self.options, self.journal, self.migrations)
                 try:
@@ -205,6 +193,16 @@ class Engine:
                 finally:
                     lock.release()
                     self._set_phase("done")
+
+    def _open(self, host: Host, *, announce: bool) -> tuple[HostSession, RunLock]:
+        """The host reached, the run lock's session connecting alongside (not locked yet)."""
+        lock = self._lock = RunLock(None, self.journal.run_id, self.env.state_dir)
+        try:
+            return HostSession(self.env, host, self.journal.run_id, sleep=self.sleep).open(
+                announce=announce, on_tunnel=lock.connect_ahead), lock
+        except BaseException:
+            lock.release()
+            raise
 
     def step(self, ctx: Context, step: Step, phase: str) -> dict[str, Any]:
         from .steps import runner
