@@ -140,7 +140,8 @@ def render(plan: Any, options: Any) -> int:
             size = human_size(d["size"]) if d["size"] is not None else "size unknown"
             if d["kind"] == "before":
                 lines.append(f"  kept database {d['name']}  {size}: {hs['database']} as it was before a swap "
-                             "restore; dropped by the next successful migrate or backup")
+                             f"restore (runbook {env.name} rollback --restore {d['name']} puts it back); "
+                             "dropped by the next successful migrate or backup")
             else:
                 lines.append(f"  RESTORE COPY {d['name']}  {size}: a swap restore in progress, or left by a "
                              "killed one (the next run drops it)")
