@@ -175,9 +175,13 @@ def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
             logger.info("run_finished", exit_code=outcome.code, status=outcome.status,
                         message=outcome.message, next=outcome.next_command)
             jr.finish(outcome.status, outcome.code)
-        _after(env, jr.record, jr.log_path, outcome.code, outcome.message, outcome.next_command, started)
-    RUN_LOG.close()
-    _report(options, outcome, jr)
+        try:
+            _after(env, jr.record, jr.log_path, outcome.code, outcome.message, outcome.next_command, started)
+        except interrupts.Interrupted as exc:  # the run is over and journaled: a signal changes nothing
+            logger.warning("signal_after_run", signal=exc.name, effect="none on the run or its exit code")
+    with interrupts.shielded():
+        RUN_LOG.close()
+        _report(options, outcome, jr)
     return outcome.code
 
 
