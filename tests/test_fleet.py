@@ -22,7 +22,7 @@ import pytest
 from psycopg import sql
 
 from runbook.selection import shard_of
-from tests.fixtures.faults import assert_nothing_left, host_jobs
+from tests.fixtures.faults import assert_nothing_left, finish, host_jobs
 from tests.fixtures.pg import PgDatabase
 from tests.fixtures.project import Project, dump_yaml, host_dir
 
@@ -133,12 +133,7 @@ def _changed(record: dict[str, Any]) -> set[str]:
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float = 180) -> tuple[str, str]:
-    try:
-        return proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    return finish(proc, timeout)
 
 
 # -- serial ---------------------------------------------------------------------------------------

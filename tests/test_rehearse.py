@@ -26,7 +26,7 @@ import pytest
 from psycopg import sql
 
 from runbook import embedded, rehearsal
-from tests.fixtures.faults import assert_nothing_left, journal, newest_run_id, wait_for_host_process
+from tests.fixtures.faults import assert_nothing_left, finish, journal, newest_run_id, wait_for_host_process
 from tests.fixtures.pg import PgServer
 from tests.fixtures.project import ROOT, Project
 
@@ -326,14 +326,6 @@ def _wait_for_scratch_query(server: PgServer, app_prefix: str, query: str, proc:
         time.sleep(0.05)
 
 
-def _finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[str, str]:
-    try:
-        return proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-
 
 def test_sigterm_during_the_rehearsal_drops_the_scratch_database(project: Project, createdb: None) -> None:
     """SIGTERM while the copy's upgrade runs: the statement is cancelled, the scratch database
@@ -345,7 +337,7 @@ def test_sigterm_during_the_rehearsal_drops_the_scratch_database(project: Projec
     try:
         scratch = _wait_for_scratch_query(project.db.server, "runbook:upgrade ", "pg_sleep", proc)
         proc.send_signal(signal.SIGTERM)
-        out, err = _finish(proc)
+        out, err = finish(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -379,7 +371,7 @@ def test_sigterm_while_pg_restore_fills_the_copy(project: Project, createdb: Non
         mine = rf"^\S*pg_restore --no-owner .*{re.escape(project.db.name[:30])}"
         wait_for_host_process(mine, proc, timeout=60)
         proc.send_signal(signal.SIGTERM)
-        out, err = _finish(proc)
+        out, err = finish(proc)
     finally:
         if proc.poll() is None:
             proc.kill()

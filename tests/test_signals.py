@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.fixtures.faults import (assert_nothing_left, journal, newest_run_id, wait_for_host_process,
+from tests.fixtures.faults import (assert_nothing_left, finish, journal, newest_run_id, wait_for_host_process,
                                    wait_for_session)
 from tests.fixtures.project import PASSWORD_ENV, Project
 
@@ -51,15 +51,6 @@ ALL_SIGNALS = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
 
 # -- helpers ----------------------------------------------------------------------------------
 
-
-def _finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[str, str]:
-    """Output of a started run, once it has ended (killed if it outlives ``timeout``)."""
-    try:
-        return proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
 
 
 def _reap(proc: subprocess.Popen[str]) -> None:
@@ -118,7 +109,7 @@ def test_signal_during_the_backup_stops_pg_dump_on_the_host(project: Project, si
     try:
         wait_for_host_process(DUMP_PATTERN.format(project.backup_dir), proc)
         proc.send_signal(sig)
-        out, err = _finish(proc)
+        out, err = finish(proc)
     finally:
         _reap(proc)
     # Nothing had changed: nothing to roll back, the run failed with the database as it was.
@@ -146,7 +137,7 @@ def test_signal_while_check_locks_waits_for_a_blocker(project: Project, sig: sig
             waited = project.wait_event("lock_wait", proc=proc)
             assert blocker.info.backend_pid in [s["pid"] for s in waited["sessions"]]
             proc.send_signal(sig)
-            out, err = _finish(proc)
+            out, err = finish(proc)
         finally:
             _reap(proc)
         assert blocker.info.transaction_status.name == "INTRANS"  # waited for, never terminated
@@ -170,7 +161,7 @@ def test_signal_during_a_slow_upgrade_rolls_back(project: Project, sig: signal.S
     try:
         wait_for_session(project, "runbook:upgrade ", "pg_sleep", proc)
         proc.send_signal(sig)
-        out, err = _finish(proc)
+        out, err = finish(proc)
     finally:
         _reap(proc)
     _assert_interrupted(project, proc, out, err, sig, "upgrade", code=1, status="rolled_back")
@@ -191,7 +182,7 @@ def test_signal_during_verify_downgrades_the_committed_upgrade(project: Project,
         wait_for_session(project, "runbook:verify ", "pg_sleep", proc)
         assert project.db.alembic_version() == {"0003"}  # the upgrade is committed: there is something to undo
         proc.send_signal(sig)
-        out, err = _finish(proc)
+        out, err = finish(proc)
     finally:
         _reap(proc)
     record = _assert_interrupted(project, proc, out, err, sig, "verify", code=1, status="rolled_back")
@@ -220,7 +211,7 @@ def test_second_signal_during_the_rollback_is_ignored(project: Project) -> None:
         proc.send_signal(signal.SIGTERM)
         project.wait_event("signal_received", proc=proc)
         proc.send_signal(signal.SIGINT)
-        out, err = _finish(proc)
+        out, err = finish(proc)
     finally:
         _reap(proc)
     record = _assert_interrupted(project, proc, out, err, signal.SIGTERM, "verify", code=1, status="rolled_back")
@@ -369,13 +360,13 @@ def test_sigterm_while_connecting_touches_nothing(project: Project,
     try:
         deadline = time.monotonic() + 30
         while not accepted:  # the runner is connected and waits for a banner that never comes
-            assert proc.poll() is None, _finish(proc)
+            assert proc.poll() is None, finish(proc)
             assert time.monotonic() < deadline, "the runner never connected"
             time.sleep(0.02)
         # (the handshake starts while the plan is validated: wait until the run itself waits for it)
         project.wait_event("connecting", proc=proc)
         proc.send_signal(signal.SIGTERM)
-        out, err = _finish(proc, 60)
+        out, err = finish(proc, 60)
     finally:
         _reap(proc)
     assert proc.returncode == 4, out + err
@@ -403,11 +394,11 @@ def test_sigterm_while_planning_touches_nothing(project: Project) -> None:
         # Blocked opening the FIFO: the run's handlers are installed, nothing is connected yet.
         deadline = time.monotonic() + 30
         while Path(f"/proc/{proc.pid}/wchan").read_text().strip() != "wait_for_partner":
-            assert proc.poll() is None, _finish(proc)
+            assert proc.poll() is None, finish(proc)
             assert time.monotonic() < deadline, "the runner never opened the inventory"
             time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
-        out, err = _finish(proc, 60)
+        out, err = finish(proc, 60)
     finally:
         _reap(proc)
     assert proc.returncode == 4, out + err
@@ -432,7 +423,7 @@ def test_sigterm_during_a_local_pg_dump(local_project: Project) -> None:
     try:
         wait_for_host_process(DUMP_PATTERN.format(project.backup_dir), proc)
         proc.send_signal(signal.SIGTERM)
-        out, err = _finish(proc)
+        out, err = finish(proc)
     finally:
         _reap(proc)
     assert not _dump_processes(project.backup_dir), "pg_dump outlived the run"
@@ -456,7 +447,7 @@ def test_sigterm_during_the_incident_downgrade_restores_its_safety_copy(project:
         wait_for_session(project, "runbook:downgrade ", "pg_sleep", proc, timeout=60)
         run_id = newest_run_id(project)
         proc.send_signal(signal.SIGTERM)
-        out, err = _finish(proc)
+        out, err = finish(proc)
     finally:
         _reap(proc)
     record = _assert_interrupted(project, proc, out, err, signal.SIGTERM, "rollback", code=1, status="rolled_back")
@@ -478,7 +469,7 @@ def test_sigterm_during_rollback_restore_leaves_the_database_as_it_was(project: 
         wait_for_session(project, "runbook:", "FROM stdin", proc, timeout=60)  # psql's COPY ... FROM stdin
         run_id = newest_run_id(project)
         proc.send_signal(signal.SIGTERM)
-        out, err = _finish(proc)
+        out, err = finish(proc)
     finally:
         _reap(proc)
     assert "Traceback" not in out + err
@@ -509,7 +500,7 @@ def test_sigterm_while_rollback_restore_saves_the_current_state(project: Project
         wait_for_host_process(DUMP_PATTERN.format(f"{project.backup_dir}/.*_pre-restore"), proc)
         run_id = newest_run_id(project)
         proc.send_signal(signal.SIGTERM)
-        out, err = _finish(proc)
+        out, err = finish(proc)
     finally:
         _reap(proc)
     assert "Traceback" not in out + err, out + err
