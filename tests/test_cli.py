@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.project import PASSWORD_ENV, ROOT, Project, dump_yaml
+from tests.fixtures.project import PASSWORD_ENV, PLAYBOOKS, Project, dump_yaml
 
 
 def cli(project: Project, *args: str, yes: bool = True, password: bool = True,
@@ -91,7 +91,7 @@ def test_unknown_playbook(at_0001: tuple[Project, object]) -> None:
     """An unknown playbook lists the available ones and where it looked."""
     project, before = at_0001
     line = refused(project, before, cli(project, "prod", "migrat"))
-    assert "unknown playbook 'migrat'" in line and "migrate" in line and str(ROOT / "playbooks") in line
+    assert "unknown playbook 'migrat'" in line and "migrate" in line and str(PLAYBOOKS) in line
 
 
 def test_missing_database_name(at_0001: tuple[Project, object]) -> None:
