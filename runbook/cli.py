@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from .initcmd import init_cli
 from .running import _error, execute, log_safe  # noqa: F401 - log_safe: tests import it from here
 
 
@@ -25,6 +26,7 @@ built in: status, checklist, history, schedule PLAYBOOK.
 Without ENV (see runbook lint --help, runbook revision --help):
   runbook lint [RANGE]            judge the pending revisions offline (CI): no database needed
   runbook revision "message"      a new Alembic revision and its verification file
+  runbook init [--playbooks]      a starting inventory.yaml for the Alembic project here
 \b
 Exit codes:
   0  done, verified
@@ -185,7 +187,7 @@ class _Plain:
     json = False
 
 
-SUBCOMMANDS = {"lint": lint_cli, "revision": revision_cli}
+SUBCOMMANDS = {"lint": lint_cli, "revision": revision_cli, "init": init_cli}
 
 
 def _subcommand(argv: list[str]) -> tuple[Any, list[str]] | None:

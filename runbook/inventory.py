@@ -343,7 +343,7 @@ class Inventory:
             known = ", ".join(sorted(envs)) or "none"
             if self.builtin:
                 raise ConfigError(f"unknown environment '{name}': there is no inventory.yaml here, and the "
-                                  f"built-in example defines only: {known}", path=str(self.path),
+                                  f"built-in example defines only: {known}",
                                   hint="runbook init writes an inventory.yaml for the Alembic project here")
             raise ConfigError(f"unknown environment '{name}' (defined: {known})", path=str(self.path))
         return envs[name]
