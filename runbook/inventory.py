@@ -398,6 +398,10 @@ class Inventory:
             hosts.append(Host("localhost", None, None))
         alembic_ini = self._alembic_ini(cfg, name)
         self._own_textfile(cfg, name)
+        if self.builtin:
+            import sys
+
+            print(shipped.BUILTIN_NOTE, file=sys.stderr)
         # Read here, checked by the runs that would send (notify.check): status and --dry-run
         # send nothing, so an operator's shell without the variable can still use them.
         webhook = (environ.get(cfg.notify.webhook_env) or None) if cfg.notify else None
@@ -441,12 +445,9 @@ def default_path() -> Path:
 def load(path: Path) -> Inventory:
     """Read and validate an inventory file; every mistake is one located ConfigError. The default
     ./inventory.yaml missing where there is no Alembic project either: the built-in example's, and
-    one line on stderr says so (shipped.wants_builtin)."""
+    ``environment()`` says so in one line on stderr (shipped.wants_builtin)."""
     builtin = shipped.wants_builtin(path)
     if builtin:
-        import sys
-
-        print(shipped.BUILTIN_NOTE, file=sys.stderr)
         source, path = shipped.builtin_inventory(), path.absolute()
     elif not path.exists():  # absolute: cron's cwd is rarely what the person who wrote the job thought
         project = Path("alembic.ini").exists()
