@@ -50,6 +50,11 @@ def is_example(ini: Path | None) -> bool:
     return ini is not None and Path(ini).resolve() == example_alembic_ini().resolve()
 
 
+def in_checkout() -> bool:
+    """runbook runs from its source tree (a clone, an editable install), not an installed copy."""
+    return (package_dir().parent / "pyproject.toml").is_file()
+
+
 def builtin_inventory() -> Path:
     """The inventory used where there is none: the embedded ``local`` environment only."""
     return example_dir() / "inventory.yaml"

@@ -155,3 +155,18 @@ def test_builtin_inventory_only_where_there_is_no_project(tmp_path: Path, monkey
     with pytest.raises(ConfigError) as project:
         inventory.load(Path("inventory.yaml"))
     assert "inventory not found" in str(project.value) and "runbook init" in str(project.value.hint)
+
+
+def test_revision_never_writes_into_an_installed_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a directory with no project, ``runbook revision`` of an installed runbook (not a checkout)
+    would land in the package's own example: refused, nothing written."""
+    from runbook import revision
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("runbook.revision.in_checkout", lambda: False)
+    versions = shipped.example_dir() / "alembic" / "versions"
+    before = sorted(p.name for p in versions.iterdir())
+    with pytest.raises(ConfigError) as refused:
+        revision.create(Path("inventory.yaml"), None, "add slugs", echo=lambda line: None)
+    assert "no Alembic project here" in str(refused.value)
+    assert sorted(p.name for p in versions.iterdir()) == before and os.listdir(tmp_path) == []
