@@ -8,7 +8,6 @@ offline (a data migration that needs a live connection) is named as such.
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import Any
 
 import click
@@ -163,7 +162,9 @@ def render(plan: Any, options: Any) -> int:
               "on_failure": [s.describe() for s in plan.playbook.on_failure],
               "hosts": [host_plan(viewer, h, target) for h in env.hosts]}
     if options.json:
-        click.echo(json.dumps({"event": "dry_run", **report}, default=str))
+        from .log import machine_line
+
+        click.echo(machine_line({"event": "dry_run", **report}))
         return 0
     out = [f"Plan for {env.name} ({plan.playbook.name}): nothing will be changed.",
            "  steps:      " + " -> ".join(report["steps"]),
