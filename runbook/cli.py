@@ -181,12 +181,12 @@ def revision_cli(inventory_path: str, config: str | None, rev_id: str | None, he
     sys.exit(code)
 
 
-class _Plain:
-    json = False
-
-
 class _Json:
     json = True
+
+
+class _Plain:
+    json = False
 
 
 SUBCOMMANDS = {"lint": lint_cli, "revision": revision_cli}
