@@ -158,7 +158,7 @@ def lint_cli(inventory_path: str, config: str | None, fmt: str, fail_on: str | N
     try:
         code = command.run(Path(inventory_path), config, range_, fmt, fail_on, echo=click.echo)
     except RunbookError as exc:
-        _error(_Plain(), exc)
+        _error(_Json() if fmt == "json" else _Plain(), exc)  # --format json: an error object on stdout
         code = exc.exit_code
     sys.exit(code)
 
@@ -181,6 +181,10 @@ def revision_cli(inventory_path: str, config: str | None, rev_id: str | None, he
         _error(_Plain(), exc)
         code = exc.exit_code
     sys.exit(code)
+
+
+class _Json:
+    json = True
 
 
 class _Plain:
@@ -223,7 +227,10 @@ def main() -> None:
         click.echo("runbook: interrupted before anything was touched", err=True)
         _exit_now(SystemExit(4))
     except click.ClickException as exc:
-        exc.show()
+        if "--json" in sys.argv[1:]:  # a usage error is an error object too (docs/events.md)
+            _error(_Json(), exc.format_message(), exc.exit_code)
+        else:
+            exc.show()
         _exit_now(SystemExit(exc.exit_code))
     except SystemExit as exc:
         _exit_now(exc)
