@@ -58,7 +58,17 @@ def _wait_for_upgrade(project: Project, proc: subprocess.Popen[str], timeout: fl
 def test_second_run_is_refused_while_the_first_runs(project: Project) -> None:
     """While one run migrates, a second exits 4 naming the first (run id, host, pid, start) and takes no backup."""
     project.start_at_0002()
-    project.add_revision("0003", "0002", SLOW_0003, 'op.drop_column("collections", "slug")')
+    # The upgrade lasts until the second run has ended (a fixed sleep could end first on a busy machine).
+    marker = project.dir / "hold"
+    marker.touch()
+    project.add_revision("0003", "0002", f"""
+        import os, time
+        op.add_column("collections", sa.Column("slug", sa.Text(), nullable=True))
+        deadline = time.monotonic() + 120
+        while (not op.get_context().as_sql  # runbook lint renders it offline: no wait there
+               and os.path.exists({str(marker)!r}) and time.monotonic() < deadline):
+            op.execute("SELECT pg_sleep(0.2)")
+        """, 'op.drop_column("collections", "slug")')
     first = project.start("prod", "migrate")
     try:
         _wait_for_upgrade(project, first)
@@ -66,6 +76,7 @@ def test_second_run_is_refused_while_the_first_runs(project: Project) -> None:
         logs_before = set(project.run_logs())
 
         second = project.run("prod", "migrate")
+        marker.unlink()
 
         out, err = first.communicate(timeout=120)
     finally:
