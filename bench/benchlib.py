@@ -140,11 +140,22 @@ def report(pg_server: PgServer) -> Report:
         "runs per measure": f"{RUNS} (median reported)",
         "data scale": f"{SCALE:g} (BENCH_SCALE)"
                       + (f"; cluster and templates kept in {KEEP_PGDATA} (BENCH_PGDATA)" if KEEP_PGDATA else ""),
-        "niceness of the bench and everything it started (sshd, PostgreSQL, runbook, the raw tools)": str(os.nice(0)),
+        "niceness of the bench and everything it started (sshd, PostgreSQL, runbook, the raw tools)":
+            f"{os.nice(0)}; scheduler autogroup: {_autogroup()}",
         "quiet machine": f"each timed run waits up to {QUIET_WAIT:g} s for CPUs ≤ {QUIET_BUSY:.0%} busy "
                          "(BENCH_QUIET_WAIT, BENCH_QUIET_BUSY)",
     })
     return _REPORT
+
+
+def _autogroup() -> str:
+    """With kernel.sched_autogroup_enabled, a process's nice only counts within its session's
+    autogroup: the autogroup's own nice (/proc/self/autogroup) is what weighs against other sessions."""
+    try:
+        enabled = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+        return Path("/proc/self/autogroup").read_text().strip() if enabled else "disabled"
+    except OSError:
+        return "unknown"
 
 
 def _version(program: str, flag: str = "--version") -> str:
@@ -266,7 +277,7 @@ def wait_quiet() -> float:
 
 def loads_line(loads: dict[str, list[float]]) -> str:
     """``who: l1, l2, ...`` for each kind of run: the load average each one started under."""
-    return "; ".join(f"{who} {', '.join(f'{v:.2f}' for v in values)}" for who, values in loads.items())
+    return "; ".join(f"{who} {', '.join(f'{v:.2f}' for v in values)}" for who, values in loads.items() if values)
 
 
 def children_cpu() -> float:
@@ -286,6 +297,78 @@ def fmt_s(seconds: float) -> str:
 
 def spread(values: Sequence[float]) -> str:
     return ", ".join(f"{v:.3f}" for v in values)
+
+
+# -- priority under sched_autogroup ----------------------------------------------------------------
+
+class AutogroupNice:
+    """Give every session the bench starts the scheduling priority of the bench's own.
+
+    With ``kernel.sched_autogroup_enabled`` (Debian's default), each session (``setsid``) is a
+    scheduling group of its own at nice 0, and a process's nice only counts within its group: run
+    under ``nice -n -15``, the bench still shares the CPUs equally with every other session on the
+    machine, and each SSH session sshd opens for runbook (``pg_dump`` on the "host") is a new group
+    at nice 0. When the bench's own group has a nice (``echo -15 > /proc/self/autogroup`` before
+    starting it, as root), this thread gives that nice to the group of every process descended from
+    the bench whose group differs (the SSH sessions, and the raw commands, which ``Bench.as_host_user``
+    starts in a session of their own for the same reason): runbook and the raw tools then run at the
+    same priority, each in a session of its own."""
+
+    def __init__(self, interval: float = 0.05, also: Sequence[int] = ()) -> None:
+        import threading
+
+        self.interval = interval
+        self.also = set(also)  # more trees (the PostgreSQL server: pg_ctl starts it in a session of its own)
+        self.nice = self._group(os.getpid())[1]
+        self.done: set[str] = set()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="autogroup-nice", daemon=True)
+
+    @staticmethod
+    def _group(pid: int | str) -> tuple[str, int]:
+        name, _, nice = Path(f"/proc/{pid}/autogroup").read_text().split()
+        return name, int(nice)
+
+    @staticmethod
+    def enabled() -> bool:
+        try:
+            return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+        except OSError:
+            return False
+
+    def start(self) -> "AutogroupNice":
+        if self.nice != 0:
+            self.done.add(self._group(os.getpid())[0])
+            self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _loop(self) -> None:
+        me = os.getpid()
+        while not self.stopped.wait(self.interval):
+            parent: dict[int, int] = {}
+            for entry in os.scandir("/proc"):
+                if entry.name.isdigit():
+                    try:
+                        stat = Path(f"/proc/{entry.name}/stat").read_text()
+                        parent[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+                    except (OSError, ValueError, IndexError):
+                        continue
+            for pid in parent:
+                p, hops = pid, 0
+                while p in parent and p != me and p not in self.also and hops < 64:
+                    p, hops = parent[p], hops + 1
+                if (p != me and p not in self.also) or pid == me:
+                    continue
+                try:
+                    group, nice = self._group(pid)
+                    if group not in self.done and nice != self.nice:
+                        Path(f"/proc/{pid}/autogroup").write_text(str(self.nice))
+                    self.done.add(group)
+                except (OSError, ValueError):
+                    continue
 
 
 # -- a cluster kept between sessions (BENCH_PGDATA) ---------------------------------------------
@@ -487,10 +570,13 @@ class Bench:
                 "-o", "LogLevel=ERROR", "-p", str(s.port), *extra, f"{s.user}@{s.host}"]
 
     def as_host_user(self, argv: Sequence[str]) -> list[str]:
-        """A command run directly on the "host" as the SSH login user (no SSH): the raw baselines."""
+        """A command run directly on the "host" as the SSH login user (no SSH): the raw baselines.
+        In a session of its own (``setsid``), as sshd starts runbook's commands: under
+        sched_autogroup, the same scheduling (``AutogroupNice``)."""
+        setsid = ["setsid", "-w"] if shutil.which("setsid") else []
         if os.geteuid() == 0 and self.sshd.user != "root":
-            return ["runuser", "-u", self.sshd.user, "--", *argv]
-        return list(argv)
+            return [*setsid, "runuser", "-u", self.sshd.user, "--", *argv]
+        return [*setsid, *argv]
 
     def host_env(self) -> dict[str, str]:
         return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.host_home),
@@ -532,8 +618,15 @@ def bench(tmp_path_factory: pytest.TempPathFactory, pg_server: PgServer, sshd: S
     local_pgpass.write_text(line)
     local_pgpass.chmod(0o600)
     try:
+        postmaster = [int((pg_server.data_dir / "postmaster.pid").read_text().split()[0])]
+    except (OSError, ValueError, IndexError):
+        postmaster = []
+    priority = AutogroupNice(also=postmaster).start() if AutogroupNice.enabled() else None
+    try:
         yield Bench(project, dbs, sshd, pg_server, host_home, host_pgpass, local_pgpass)
     finally:
+        if priority is not None:
+            priority.stop()
         host_pgpass.unlink(missing_ok=True)
         shutil.rmtree(backups, ignore_errors=True)
         dbs.drop_all()
