@@ -387,7 +387,7 @@ def test_4_backup_vs_pg_dump(bench: Bench, report: Report) -> None:
         + f" ({hashing / m_raw:.1%} of the dump time); `pg_restore --list` reads the table of contents only: "
         f"{lst:.3f} s, fixed (measured separately)",
         f"- the overhead, {fixed:.3f} s, is fixed per run (interpreter start-up and imports, SSH login, "
-        f"PGPASSFILE over SFTP, the remote script, plan, prune): the +3% target is met for dumps longer "
+        f"the remote script, plan, prune): the +3% target is met for dumps longer "
         f"than about **{breakeven}** on this machine",
         f"- load average (1 min) before each run: {loads_line(loads)}",
         "",
