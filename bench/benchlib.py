@@ -138,11 +138,24 @@ def report(pg_server: PgServer) -> Report:
                       f"client {_version('pg_dump')}",
         "openssh": _version("ssh", "-V"),
         "runs per measure": f"{RUNS} (median reported)",
-        "data scale": f"{SCALE:g} (BENCH_SCALE)",
+        "data scale": f"{SCALE:g} (BENCH_SCALE)"
+                      + (f"; cluster and templates kept in {KEEP_PGDATA} (BENCH_PGDATA)" if KEEP_PGDATA else ""),
+        "niceness of the bench and everything it started (sshd, PostgreSQL, runbook, the raw tools)":
+            f"{os.nice(0)}; scheduler autogroup: {_autogroup()}",
         "quiet machine": f"each timed run waits up to {QUIET_WAIT:g} s for CPUs ≤ {QUIET_BUSY:.0%} busy "
                          "(BENCH_QUIET_WAIT, BENCH_QUIET_BUSY)",
     })
     return _REPORT
+
+
+def _autogroup() -> str:
+    """With kernel.sched_autogroup_enabled, a process's nice only counts within its session's
+    autogroup: the autogroup's own nice (/proc/self/autogroup) is what weighs against other sessions."""
+    try:
+        enabled = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+        return Path("/proc/self/autogroup").read_text().strip() if enabled else "disabled"
+    except OSError:
+        return "unknown"
 
 
 def _version(program: str, flag: str = "--version") -> str:
@@ -162,6 +175,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             f"median {statistics.median(BUSY_SEEN):.0%}, max {max(BUSY_SEEN):.0%} of the CPUs; "
             f"{noisy} of {len(BUSY_SEEN)} runs started on a busy machine"
             + (" (other work was running: those timings are noisy)" if noisy else ""))
+    if LOAD_SEEN:
+        _REPORT.facts["load average (1 min) before the timed runs"] = (
+            f"median {statistics.median(LOAD_SEEN):.2f}, min {min(LOAD_SEEN):.2f}, max {max(LOAD_SEEN):.2f} "
+            f"on {os.cpu_count()} CPUs ({len(LOAD_SEEN)} runs)")
     RESULTS_MD.write_text(_REPORT.markdown())
     terminalreporter.write_sep("=", "runbook benchmarks")
     for k, v in _REPORT.facts.items():
@@ -236,14 +253,31 @@ QUIET_BUSY = float(os.environ.get("BENCH_QUIET_BUSY", "0.15"))
 BUSY_SEEN: list[float] = []
 
 
+LOAD_SEEN: list[float] = []  # the 1-minute load average before each timed run
+
+
+def load1() -> float:
+    """The 1-minute load average (/proc/loadavg): on a shared machine, how much else was running."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def wait_quiet() -> float:
     deadline = time.monotonic() + QUIET_WAIT
     while True:
         busy = busy_fraction()
         if busy <= QUIET_BUSY or time.monotonic() >= deadline:
             BUSY_SEEN.append(busy)
+            LOAD_SEEN.append(load1())
             return busy
         time.sleep(1.0)
+
+
+def loads_line(loads: dict[str, list[float]]) -> str:
+    """``who: l1, l2, ...`` for each kind of run: the load average each one started under."""
+    return "; ".join(f"{who} {', '.join(f'{v:.2f}' for v in values)}" for who, values in loads.items() if values)
 
 
 def children_cpu() -> float:
@@ -263,6 +297,121 @@ def fmt_s(seconds: float) -> str:
 
 def spread(values: Sequence[float]) -> str:
     return ", ".join(f"{v:.3f}" for v in values)
+
+
+# -- priority under sched_autogroup ----------------------------------------------------------------
+
+class AutogroupNice:
+    """Give every session the bench starts the scheduling priority of the bench's own.
+
+    With ``kernel.sched_autogroup_enabled`` (Debian's default), each session (``setsid``) is a
+    scheduling group of its own at nice 0, and a process's nice only counts within its group: run
+    under ``nice -n -15``, the bench still shares the CPUs equally with every other session on the
+    machine, and each SSH session sshd opens for runbook (``pg_dump`` on the "host") is a new group
+    at nice 0. When the bench's own group has a nice (``echo -15 > /proc/self/autogroup`` before
+    starting it, as root), this thread gives that nice to the group of every process descended from
+    the bench whose group differs (the SSH sessions, and the raw commands, which ``Bench.as_host_user``
+    starts in a session of their own for the same reason): runbook and the raw tools then run at the
+    same priority, each in a session of its own."""
+
+    def __init__(self, interval: float = 0.05, also: Sequence[int] = ()) -> None:
+        import threading
+
+        self.interval = interval
+        self.also = set(also)  # more trees (the PostgreSQL server: pg_ctl starts it in a session of its own)
+        self.nice = self._group(os.getpid())[1]
+        self.done: set[str] = set()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="autogroup-nice", daemon=True)
+
+    @staticmethod
+    def _group(pid: int | str) -> tuple[str, int]:
+        name, _, nice = Path(f"/proc/{pid}/autogroup").read_text().split()
+        return name, int(nice)
+
+    @staticmethod
+    def enabled() -> bool:
+        try:
+            return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+        except OSError:
+            return False
+
+    def start(self) -> "AutogroupNice":
+        if self.nice != 0:
+            self.done.add(self._group(os.getpid())[0])
+            self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _loop(self) -> None:
+        me = os.getpid()
+        while not self.stopped.wait(self.interval):
+            parent: dict[int, int] = {}
+            for entry in os.scandir("/proc"):
+                if entry.name.isdigit():
+                    try:
+                        stat = Path(f"/proc/{entry.name}/stat").read_text()
+                        parent[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+                    except (OSError, ValueError, IndexError):
+                        continue
+            for pid in parent:
+                p, hops = pid, 0
+                while p in parent and p != me and p not in self.also and hops < 64:
+                    p, hops = parent[p], hops + 1
+                if (p != me and p not in self.also) or pid == me:
+                    continue
+                try:
+                    group, nice = self._group(pid)
+                    if group not in self.done and nice != self.nice:
+                        Path(f"/proc/{pid}/autogroup").write_text(str(self.nice))
+                    self.done.add(group)
+                except (OSError, ValueError):
+                    continue
+
+
+# -- a cluster kept between sessions (BENCH_PGDATA) ---------------------------------------------
+
+# BENCH_PGDATA=DIR: the benchmarks' PostgreSQL cluster lives in DIR and outlives the session
+# (stopped at its end, started again by the next one), and so do the template databases built in
+# it: a big data set (BENCH_SCALE=8 is ~1 GB) is generated once, not at every session.
+KEEP_PGDATA = os.environ.get("BENCH_PGDATA", "")
+
+
+def kept_pg_server(base: Path) -> Iterator[PgServer]:
+    """The suite's ``pg_server``, but in ``base`` (initdb'd the first time) and not deleted."""
+    from tests.fixtures.pg import APP_PASSWORD, APP_USER, SUPERUSER, PgServer, _free_port, _run
+    from runbook.embedded import find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.fail("PostgreSQL server binaries not found")
+    base.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam(SUPERUSER)
+        os.chown(base, owner.pw_uid, owner.pw_gid)
+    data_dir, socket_dir, log_file = base / "data", base / "run", base / "postgres.log"
+    pg_ctl = str(bindir / "pg_ctl")
+    if not (data_dir / "PG_VERSION").exists():
+        shutil.rmtree(data_dir, ignore_errors=True)
+        _run(["mkdir", "-p", "-m", "700", str(socket_dir)], "mkdir", base)
+        _run([str(bindir / "initdb"), "-D", str(data_dir), "--no-sync", "-E", "UTF8", "--no-locale",
+              f"--username={SUPERUSER}", "--auth-local=trust", "--auth-host=scram-sha-256"], "initdb", base)
+    port = _free_port()
+    options = shlex.join(["-c", "listen_addresses=127.0.0.1", "-c", f"port={port}", "-k", str(socket_dir),
+                          "-c", "fsync=off"])
+    _run([pg_ctl, "-D", str(data_dir), "-l", str(log_file), "-w", "-o", options, "start"], "pg_ctl start", base)
+    try:
+        server = PgServer(host="127.0.0.1", port=port, socket_dir=socket_dir, bindir=bindir, data_dir=data_dir)
+        with server.admin() as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_USER,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(sql.SQL(verb + " ROLE {} LOGIN NOCREATEDB PASSWORD {}").format(
+                sql.Identifier(APP_USER), sql.Literal(APP_PASSWORD)))
+        yield server
+    finally:
+        _run([pg_ctl, "-D", str(data_dir), "-m", "fast", "-w", "stop"], "pg_ctl stop", base)
 
 
 # -- the benchmark project --------------------------------------------------------------------
@@ -338,6 +487,15 @@ class BenchDatabases:
         if kind in self.templates:
             return self.templates[kind]
         name = f"bench_tmpl_{kind}"
+        tag = f"runbook bench template {kind}, BENCH_SCALE={SCALE:g}; "
+        if KEEP_PGDATA:  # built by an earlier session, complete (the comment is its last statement)
+            with self.server.admin() as conn:
+                row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                                   "WHERE datname = %s", (name,)).fetchone()
+            if row is not None and row[0] and str(row[0]).startswith(tag):
+                self.sizes[kind] = str(row[0])[len(tag):]
+                self.templates[kind] = name
+                return name
         if kind == "small1":
             self._create(name)
             self._upgrade(name, "0001")
@@ -365,6 +523,9 @@ class BenchDatabases:
         assert row is not None and counts is not None
         self.sizes[kind] = (f"{row[0]} ({counts[0]:,} collections, {counts[1]:,} documents, "
                             f"{counts[2]:,} chunks)")
+        with self.server.admin() as conn:
+            conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                sql.Identifier(name), sql.Literal(tag + self.sizes[kind])))
         self.templates[kind] = name
         return name
 
@@ -375,8 +536,9 @@ class BenchDatabases:
             conn.execute("CHECKPOINT")
 
     def drop_all(self) -> None:
+        """The working database, and the templates unless the cluster is kept (BENCH_PGDATA)."""
         with self.server.admin() as conn:
-            for name in [self.name, *self.templates.values()]:
+            for name in [self.name, *([] if KEEP_PGDATA else self.templates.values())]:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
@@ -408,10 +570,13 @@ class Bench:
                 "-o", "LogLevel=ERROR", "-p", str(s.port), *extra, f"{s.user}@{s.host}"]
 
     def as_host_user(self, argv: Sequence[str]) -> list[str]:
-        """A command run directly on the "host" as the SSH login user (no SSH): the raw baselines."""
+        """A command run directly on the "host" as the SSH login user (no SSH): the raw baselines.
+        In a session of its own (``setsid``), as sshd starts runbook's commands: under
+        sched_autogroup, the same scheduling (``AutogroupNice``)."""
+        setsid = ["setsid", "-w"] if shutil.which("setsid") else []
         if os.geteuid() == 0 and self.sshd.user != "root":
-            return ["runuser", "-u", self.sshd.user, "--", *argv]
-        return list(argv)
+            return [*setsid, "runuser", "-u", self.sshd.user, "--", *argv]
+        return [*setsid, *argv]
 
     def host_env(self) -> dict[str, str]:
         return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.host_home),
@@ -453,8 +618,15 @@ def bench(tmp_path_factory: pytest.TempPathFactory, pg_server: PgServer, sshd: S
     local_pgpass.write_text(line)
     local_pgpass.chmod(0o600)
     try:
+        postmaster = [int((pg_server.data_dir / "postmaster.pid").read_text().split()[0])]
+    except (OSError, ValueError, IndexError):
+        postmaster = []
+    priority = AutogroupNice(also=postmaster).start() if AutogroupNice.enabled() else None
+    try:
         yield Bench(project, dbs, sshd, pg_server, host_home, host_pgpass, local_pgpass)
     finally:
+        if priority is not None:
+            priority.stop()
         host_pgpass.unlink(missing_ok=True)
         shutil.rmtree(backups, ignore_errors=True)
         dbs.drop_all()

@@ -14,3 +14,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 pytest_plugins = ["tests.fixtures.sshd", "tests.fixtures.pg", "tests.fixtures.project"]
 
 from benchlib import bench, pytest_terminal_summary, report  # noqa: E402,F401  (fixtures and hook)
+from benchlib import KEEP_PGDATA, kept_pg_server  # noqa: E402
+
+if KEEP_PGDATA:
+    import pytest
+
+    @pytest.fixture(scope="session")
+    def pg_server():  # type: ignore[no-untyped-def]  # overrides tests.fixtures.pg's (bench/README.md)
+        yield from kept_pg_server(Path(KEEP_PGDATA))

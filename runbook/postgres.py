@@ -136,12 +136,13 @@ def conn_args(host: str, port: int, dbname: str, user: str) -> list[str]:
     return ["-d", conninfo(host, port, dbname, user), "--no-password"]
 
 
-def pg_dump_cmd(host: str, port: int, dbname: str, user: str, out: str, bin_dir: str | None = None,
+def pg_dump_cmd(host: str, port: int, dbname: str, user: str, out: str | None, bin_dir: str | None = None,
                 *, directory: bool = False, jobs: int = 1) -> str:
-    """``pg_dump -Fc`` (one file), or ``-Fd`` (a folder) with ``-j jobs`` processes."""
+    """``pg_dump -Fc`` (one file; to stdout when ``out`` is None), or ``-Fd`` (a folder) with ``-j
+    jobs`` processes."""
     exe = f"{bin_dir}/pg_dump" if bin_dir else "pg_dump"
     fmt = ["-Fd", "-j", str(jobs)] if directory else ["-Fc"]
-    return quote(exe, *fmt, *conn_args(host, port, dbname, user), "-f", out)
+    return quote(exe, *fmt, *conn_args(host, port, dbname, user), *(["-f", out] if out else []))
 
 
 def pg_restore_list_cmd(path: str, bin_dir: str | None = None) -> str:

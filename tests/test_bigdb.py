@@ -594,3 +594,76 @@ def test_swap_restore_of_a_custom_format_backup(swap_project: Project) -> None:
     assert "pg_restore -j 2" in result.stderr and "database_swapped" in result.stderr
     assert project.state() == at_backup
     assert _copies(project) == [] and len(_kept(project)) == 1
+
+
+# -- the custom format: hashed in the same pass as it is written ---------------------------------
+def test_a_custom_backup_is_hashed_as_it_is_written_and_restores_with_jobs(project: Project) -> None:
+    """format: custom (the default): pg_dump -Fc goes through tee into the file and into the hasher
+    (the file is never read back, and its table of contents has no data offsets): the recorded
+    sha256 is the file's, and pg_restore -j 2 restores it into a new database, whole."""
+    project.upgrade_to("0001")
+    logs = set(project.run_logs())
+    result = project.run("prod", "backup")
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_id = _new_run(project, logs)
+    (dump,) = project.backups()
+    digest = hashlib.sha256(dump.read_bytes()).hexdigest()
+    facts = next(e for e in _events(project, run_id) if e["event"] == "step_finished" and e["step"] == "backup")
+    assert facts["backup_sha256"] == digest and facts["backup_size"] == dump.stat().st_size
+    assert dump.with_name(dump.name + ".sha256").read_text() == f"{digest}  {dump.name}\n"
+    assert stat.S_IMODE(dump.stat().st_mode) == 0o600
+    assert not list(project.backup_dir.glob("*.partial*")), "no work files left"
+
+    server, copy = project.db.server, f"{project.db.name}_jobs"
+    with server.admin() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(copy)))
+    try:
+        restored = subprocess.run([str(server.bindir / "pg_restore"), "-j", "2", "--exit-on-error", "--no-owner",
+                                   "-d", copy, str(dump)], env=server.client_env(), capture_output=True, text=True)
+        assert restored.returncode == 0, restored.stderr
+        assert server.schema_dump(copy) == project.db.schema_dump()
+        assert server.row_counts(copy) == project.db.row_counts()
+    finally:
+        with server.admin() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(copy)))
+
+
+def test_a_custom_backup_whose_pg_dump_dies_half_way_leaves_nothing(project: Project) -> None:
+    """pg_dump killed in the middle of its data (its session terminated during the COPY): the bytes
+    already written make a file whose table of contents pg_restore --list reads, so only pg_dump's
+    own exit status (through the pipe) tells it is incomplete: exit 1 naming pg_dump, no backup, no
+    work file, nothing of the run left, the database untouched."""
+    project.upgrade_to("0001")
+    project.db.psql("INSERT INTO collections (name, description) SELECT 'bulk-' || i, "
+                    "repeat(md5(i::text), 8) FROM generate_series(1, 400000) AS i")
+    before = project.state()
+    logs = set(project.run_logs())
+    killed: list[int] = []
+    stop = False
+
+    def terminate_the_copy() -> None:
+        with project.db.server.admin() as conn:
+            while not stop and not killed:
+                row = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'runbook:backup%' "
+                                   "AND query LIKE 'COPY public.collections%'").fetchone()
+                if row is not None:
+                    conn.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+                    killed.append(int(row[0]))
+                time.sleep(0.01)
+
+    import threading
+
+    killer = threading.Thread(target=terminate_the_copy, daemon=True)
+    killer.start()
+    try:
+        result = project.run("prod", "backup")
+    finally:
+        stop = True
+        killer.join(10)
+    assert killed, "the COPY of pg_dump was never seen: nothing was tested"
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "pg_dump" in result.stderr and "failed" in result.stderr, result.stderr
+    assert project.backups() == []
+    assert list(project.backup_dir.iterdir()) == [], "no backup, no .partial, no marker or checksum file"
+    assert project.state() == before
+    assert_nothing_left(project, _new_run(project, logs))

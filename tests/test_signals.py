@@ -44,8 +44,9 @@ def _big_table(project: Project) -> None:
     project.db.psql(f'{BIG_TABLE}; ALTER TABLE big OWNER TO "{project.db.user}"')
 
 
-# pg_dump itself (not the shell script that runs it) writing into a test's own backup folder
-DUMP_PATTERN = r"^\S*pg_dump -Fc .*{}"
+# pg_dump itself (not the shell script that runs it) dumping a test's own database (it writes to
+# a pipe, tee into the backup folder: its command line names the database, not the file)
+DUMP_PATTERN = r"^\S*pg_dump -Fc .*dbname={} "
 ALL_SIGNALS = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
 
 
@@ -85,9 +86,9 @@ def _assert_interrupted(project: Project, proc: subprocess.Popen[str], out: str,
     return record
 
 
-def _dump_processes(backup_dir: Path) -> list[str]:
-    """pg_dump processes writing into ``backup_dir`` (a folder of this test alone)."""
-    found = subprocess.run(["pgrep", "-af", DUMP_PATTERN.format(backup_dir)], capture_output=True, text=True)
+def _dump_processes(database: str) -> list[str]:
+    """pg_dump processes dumping ``database`` (a database of this test alone)."""
+    found = subprocess.run(["pgrep", "-af", DUMP_PATTERN.format(database)], capture_output=True, text=True)
     return [line for line in found.stdout.splitlines() if line.strip()]
 
 
@@ -107,7 +108,7 @@ def test_signal_during_the_backup_stops_pg_dump_on_the_host(project: Project, si
     before = project.state()
     proc = project.start("prod", "migrate")
     try:
-        wait_for_host_process(DUMP_PATTERN.format(project.backup_dir), proc)
+        wait_for_host_process(DUMP_PATTERN.format(project.db.name), proc)
         proc.send_signal(sig)
         out, err = finish(proc)
     finally:
@@ -117,7 +118,7 @@ def test_signal_during_the_backup_stops_pg_dump_on_the_host(project: Project, si
     assert project.state() == before
     names = _names(project)
     assert "rollback_not_needed" in names and "rollback_started" not in names
-    assert not _dump_processes(project.backup_dir), "pg_dump outlived the run"
+    assert not _dump_processes(project.db.name), "pg_dump outlived the run"
     assert not [f for f in _leftover_files(project.backup_dir) if f.endswith((".partial", ".dump", ".sha256"))]
     assert_nothing_left(project, newest_run_id(project))
 
@@ -421,12 +422,12 @@ def test_sigterm_during_a_local_pg_dump(local_project: Project) -> None:
     before = project.state()
     proc = project.start("prod", "migrate")
     try:
-        wait_for_host_process(DUMP_PATTERN.format(project.backup_dir), proc)
+        wait_for_host_process(DUMP_PATTERN.format(project.db.name), proc)
         proc.send_signal(signal.SIGTERM)
         out, err = finish(proc)
     finally:
         _reap(proc)
-    assert not _dump_processes(project.backup_dir), "pg_dump outlived the run"
+    assert not _dump_processes(project.db.name), "pg_dump outlived the run"
     _assert_interrupted(project, proc, out, err, signal.SIGTERM, "backup", code=1, status="failed")
     assert project.state() == before
     assert not [f for f in _leftover_files(project.backup_dir) if f.endswith((".partial", ".dump", ".sha256"))]
@@ -497,7 +498,7 @@ def test_sigterm_while_rollback_restore_saves_the_current_state(project: Project
     backups = project.backups()
     proc = project.start("prod", "rollback", "--restore")
     try:
-        wait_for_host_process(DUMP_PATTERN.format(f"{project.backup_dir}/.*_pre-restore"), proc)
+        wait_for_host_process(DUMP_PATTERN.format(project.db.name), proc)
         run_id = newest_run_id(project)
         proc.send_signal(signal.SIGTERM)
         out, err = finish(proc)
@@ -507,7 +508,7 @@ def test_sigterm_while_rollback_restore_saves_the_current_state(project: Project
     assert project.state() == before
     assert project.backups() == backups
     assert not [f for f in _leftover_files(project.backup_dir) if f.endswith(".partial")]
-    assert not _dump_processes(project.backup_dir), "pg_dump outlived the run"
+    assert not _dump_processes(project.db.name), "pg_dump outlived the run"
     record = journal(project, run_id)
     assert record["exit_code"] == proc.returncode
     assert record["interrupted"] == {"signal": "SIGTERM", "step": "rollback", "phase": "run"}

@@ -85,22 +85,36 @@ def _dump(ctx: Context, label: str, revision: str, stamp: str) -> Backup:
 
 
 def _custom_script(ctx: Context, folder: str, name: str) -> str:
-    """The host script of a ``pg_dump -Fc``: dump, ``pg_restore --list``, sha256, rename."""
+    """The host script of a ``pg_dump -Fc``: the dump hashed in the same pass as it is written,
+    ``pg_restore --list``, rename.
+
+    pg_dump writes to a pipe, ``tee`` copies it into the file and into the hasher, so the file is
+    never read back (a dump bigger than the host's memory would be read from disk again). Written to
+    a pipe, pg_dump cannot go back to store the data offsets in the table of contents: pg_restore
+    then finds each table's data by scanning the file, which is a regular file when it restores it,
+    with ``-j`` too (docs/benchmarks.md, measure 14). pg_dump's and tee's success are markers beside
+    the file (``sh`` has no ``pipefail``)."""
     db = ctx.database
     path = f"{folder}/{name}"
     partial = path + ".partial"
+    summed, dumped, written = partial + ".sum", partial + ".dumped", partial + ".written"
     return "; ".join([
         "set -e",
         "umask 077",
         f"[ ! -e {quote(path)} ] || exit {NAME_TAKEN}",
-        cleanup_trap(partial),
+        cleanup_trap(partial, summed, dumped, written),
         f"mkdir -p {quote(folder)}",
-        pg_dump_cmd(db.host, db.port, db.name, db.user, partial, ctx.pg_bin),
+        # OpenSSL's SHA-256 uses the CPU's SHA extensions: ~4x coreutils' sha256sum (bench/README.md)
+        "if openssl dgst -sha256 -r /dev/null >/dev/null 2>&1; then h() { openssl dgst -sha256 -r; }; "
+        "else h() { sha256sum; }; fi",
+        f"{{ {pg_dump_cmd(db.host, db.port, db.name, db.user, None, ctx.pg_bin)} && : > {quote(dumped)}; }} | "
+        f"{{ tee {quote(partial)} && : > {quote(written)}; }} | h > {quote(summed)}",
+        f"[ -e {quote(dumped)} ] || {{ echo 'runbook: pg_dump failed' >&2; exit 1; }}",
+        f"[ -e {quote(written)} ] || {{ echo 'runbook: writing the dump failed (tee)' >&2; exit 1; }}",
+        f"sum=$(cut -d' ' -f1 < {quote(summed)})",
+        "[ ${#sum} -eq 64 ] || { echo 'runbook: the dump was not hashed' >&2; exit 1; }",
         pg_restore_list_cmd(partial, ctx.pg_bin),
         f"chmod 600 {quote(partial)}",
-        # OpenSSL's SHA-256 uses the CPU's SHA extensions: ~4x coreutils' sha256sum (bench/README.md)
-        f"sum=$(openssl dgst -sha256 -r {quote(partial)} 2>/dev/null | cut -d' ' -f1)",
-        f"[ ${{#sum}} -eq 64 ] || sum=$(sha256sum {quote(partial)} | cut -d' ' -f1)",
         f"size=$(stat -c %s {quote(partial)})",
         f"mv {quote(partial)} {quote(path)}",
         f"printf '%s  %s\\n' \"$sum\" {quote(name)} > {quote(path + '.sha256')}",
