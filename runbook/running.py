@@ -36,7 +36,8 @@ def execute(inventory_path: Path, env_name: str, playbook_name: str, options: An
     from . import early
     from .journal import new_run_id
 
-    log.configure(json_stdout=options.json, tty=sys.stderr.isatty())
+    log.configure(json_stdout=options.json, tty=sys.stderr.isatty(), verbose=getattr(options, "verbose", False),
+                  no_color=getattr(options, "no_color", False))
     known: dict[str, Any] = {}  # what _plan learnt before it refused: the environment, the playbook
     with interrupts.installed(on_ignored=_signal_ignored), contextlib.ExitStack() as cleanup:
         cleanup.callback(early.discard)  # what was opened early and nobody took (see early.py)
@@ -118,6 +119,9 @@ def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
         jr.record["fleet"] = {k: v for k, v in plan.selection.items() if k != "empty"}
     RUN_LOG.open(jr.log_path)
     jr.save()
+    from . import console
+
+    console.revision_names(lambda rev: plan.migrations.revision(rev).doc)  # "applied 0002 <its message>"
     logger = structlog.get_logger("runbook")
     kwargs = {"sleep": sleep} if sleep is not None else {}
     started = None
@@ -216,7 +220,7 @@ def _refused(env: Any, pb: Any, playbook_name: str, exc: Any) -> None:
 
 
 def _report(options: Any, outcome: Any, jr: Any) -> None:
-    """The last lines a person (or cron's mail) reads; a fleet's start with its summary table."""
+    """The last lines a person (or cron's mail) reads (recap.py); a fleet's start with its summary table."""
     summary = getattr(outcome, "summary", None)
     if options.json:
         if summary is not None:  # one object: what each host did, for jq and CI
@@ -226,18 +230,10 @@ def _report(options: Any, outcome: Any, jr: Any) -> None:
 
             click.echo(json.dumps(REDACTOR.scrub({"event": "summary", "run_id": jr.run_id, **summary}), default=str))
         return
-    stream_err = outcome.code != 0
-    if summary is not None:
-        from .fleet import report_lines, table
+    from .recap import render
 
-        click.echo(log_safe_lines(table(summary)), err=stream_err)
-        for line in report_lines(summary):
-            click.echo(log_safe(f"runbook: {line}"), err=stream_err)
-    else:
-        click.echo(log_safe(f"runbook: {outcome.message}"), err=stream_err)
-    if outcome.next_command:
-        click.echo(log_safe(f"runbook: next: {outcome.next_command}"), err=stream_err)
-    click.echo(f"runbook: run log {jr.log_path}", err=stream_err)
+    render(options, outcome, jr)  # the recap: from, to, backup, checks, duration; next; the run log
+
 
 def log_safe_lines(text: str) -> str:
     """Several lines (a table), secrets removed."""

@@ -1,0 +1,137 @@
+"""The last lines of a run, for a person: what happened, where the backup is, what to do next.
+
+Built from the journal (the run's record: every step with its facts, each host's start and end
+revision and backup), so it says the same with or without ``-v``. One host: the outcome line, then
+from -> to, the backup and its size, the checks passed, the duration, and on failure what failed,
+what was rolled back and to what; then ``next:`` and the run log. A fleet: its summary as a rich
+table, then each host that did not end ok. Success goes to stdout, failure to stderr (cron mails
+stderr); the ``runbook:`` lines keep their words so scripts grepping them still work.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from . import console
+from .console import FAIL, OK, WARN, clean, duration_ms, size
+
+
+def render(options: Any, outcome: Any, jr: Any) -> None:
+    """Print the recap of a finished run (not for ``--json``)."""
+    failed = outcome.code != 0
+    con = console.make(sys.stderr if failed else sys.stdout, no_color=getattr(options, "no_color", False))
+    record = jr.record
+    summary = getattr(outcome, "summary", None)
+    out: list[Any] = []
+    style = OK if not failed else FAIL if outcome.code in (1, 3) else WARN
+    if summary is not None:
+        from .fleet import report_lines
+
+        out.append(fleet_table(summary))
+        out.extend(Text(f"runbook: {line}", style=style if i == len(report_lines(summary)) - 1 else "")
+                   for i, line in enumerate(report_lines(summary)))
+    else:
+        out.append(Text(f"runbook: {_one_line(outcome.message)}", style=style))
+        facts = facts_of(record)
+        if facts:
+            out.append(facts)
+        for name, host in (record.get("hosts") or {}).items():
+            taken = host.get("backup") or {}
+            if taken.get("backup_path"):
+                who = f" of {name}" if len(record.get("hosts") or {}) > 1 else ""
+                out.append(Text(f"runbook: backup{who} {taken['backup_path']} ({size(taken.get('backup_size'))})"))
+    nxt = outcome.next_command or default_next(outcome.code, record)
+    if nxt:
+        out.append(Text(f"runbook: next: {nxt}", style="bold"))
+    out.append(Text(f"runbook: run log {jr.log_path}"))
+    for item in out:
+        # a runbook: line holds a path or a command to copy: never a newline inside it
+        con.print(console._scrub(item), soft_wrap=isinstance(item, Text))
+
+
+def facts_of(record: dict[str, Any]) -> Table | None:
+    """The recap of one host (or each host of a fleet without a summary): a two-column grid."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(no_wrap=True, style="dim")
+    grid.add_column(overflow="fold")
+    hosts = record.get("hosts") or {}
+    steps = record.get("steps") or []
+    several = len(hosts) > 1
+    for name, host in hosts.items():
+        mine = [s for s in steps if s.get("host") == name]
+        who = f"{name}: " if several else ""
+        start, end = host.get("start_revision"), host.get("end_revision")
+        if start is not None:
+            applied = [r for s in mine if s.get("step") == "upgrade" and s.get("phase") == "run"
+                       for r in (s.get("facts") or {}).get("applied") or []]
+            moved = f"{start} -> {end}" if end is not None and end != start else f"at {end or start}"
+            grid.add_row(f"{who}revisions", clean(moved + (f" (applied {', '.join(applied)})" if applied else "")))
+        failure = next((s for s in mine if s.get("outcome") in ("failed", "interrupted")
+                        and s.get("phase") == "run"), None)
+        if failure is not None:
+            why = (failure.get("facts") or {}).get("error") or (failure.get("facts") or {}).get("signal") or ""
+            grid.add_row(f"{who}failed", clean(f"{failure.get('step')}: {_one_line(str(why))}"))
+        undone = [s for s in mine if s.get("phase") == "rollback"]
+        if undone:
+            told = ", ".join(f"{s.get('step')} {s.get('outcome')}" for s in undone)
+            grid.add_row(f"{who}rolled back", clean(f"to {start}: {told}" if start else told))
+        checks = [(s.get("facts") or {}) for s in mine if s.get("step") == "verify" and s.get("outcome") == "ok"]
+        if checks:
+            last = checks[-1]
+            grid.add_row(f"{who}checks", f"{last.get('checks', 0)} passed at {last.get('revision')}")
+    took = seconds(record)
+    if took is not None:
+        grid.add_row("duration", duration_ms(took * 1000))
+    return grid if grid.row_count else None
+
+
+def seconds(record: dict[str, Any]) -> float | None:
+    try:
+        return (datetime.fromisoformat(str(record["finished"]))
+                - datetime.fromisoformat(str(record["started"]))).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def default_next(code: int, record: dict[str, Any]) -> str | None:
+    """The next command when the outcome names none: after a rollback (exit 1) the database is as it
+    was; the run log says why, and the dry run shows what the next attempt would do."""
+    if code == 1:
+        return f"runbook {record.get('env')} {record.get('playbook')} --dry-run   (after fixing the cause above)"
+    return None
+
+
+def fleet_table(summary: dict[str, Any]) -> Table:
+    """A fleet's summary: one row per host (and per host not run), columns lined up by rich."""
+    from .outcome import OK as DONE
+
+    head = f"Fleet {summary['env']} ({summary['playbook']}"
+    head += f", --parallel {summary['parallel']}" if summary["parallel"] > 1 else ""
+    head += ", --canary" if summary["canary"] else ""
+    head += ", --rollback-all" if summary["rollback_all"] else ""
+    head += f", {summary['selection']}" if summary.get("selection") else ""
+    head += f"): exit {summary['exit_code']}"
+    if summary["stopped"]:
+        head += f"; stopped: {summary['stopped']}"
+    table = Table(title=clean(head), title_justify="left", box=None, padding=(0, 2, 0, 0), show_edge=False,
+                  header_style="bold")
+    for column in ("HOST", "FROM", "TO", "OUTCOME", "EXIT", "DURATION", "BACKUP"):
+        table.add_column(column, no_wrap=column != "BACKUP", overflow="fold")
+    for r in summary["hosts"]:
+        backup = str(r["backup"]).rsplit("/", 1)[-1] if r["backup"] else "-"
+        mark = OK if r["exit_code"] == DONE else FAIL
+        table.add_row(clean(r["host"]), clean(r["from"] or "-"), clean(r["to"] or "-"),
+                      Text(str(r["outcome"]), style=mark), str(r["exit_code"]), f"{r['duration_s']:.1f}s",
+                      clean(backup))
+    for name in summary["not_run"]:
+        table.add_row(clean(name), "-", "-", "not run", "-", "-", "-")
+    return table
+
+
+def _one_line(text: str) -> str:
+    return " / ".join(part.strip() for part in str(text).splitlines() if part.strip())
