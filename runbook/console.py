@@ -126,10 +126,16 @@ def duration_ms(ms: Any) -> str:
 # -- the lines -----------------------------------------------------------------------------------
 
 OK, FAIL, WARN, INFO = "green", "bold red", "yellow", "cyan"
+NARROW = 80  # columns: below this a line is one wrapped text, not fixed columns
 
 
-def row(tag: str, style: str, name: str = "", took: str = "", fact: str = "", host: str | None = None) -> Table:
+def row(tag: str, style: str, name: str = "", took: str = "", fact: str = "", host: str | None = None) -> Any:
     """One line in fixed columns (tag, name, duration, fact); the fact wraps on words inside its column."""
+    if get().width < NARROW:  # fixed columns would leave the fact too little room: one wrapped line
+        line = Text.assemble(*([(clean(f"[{host}] "), "dim")] if host is not None else []), (tag, style),
+                             " " if tag else "", (clean(name), "bold"), " " if name else "", (took, "dim"),
+                             " " if took else "", clean(fact))
+        return line
     grid = Table.grid(padding=(0, 1))
     if host is not None:
         grid.add_column(no_wrap=True)
@@ -236,8 +242,7 @@ class Human:
         if ev == "sample_data_loaded":
             return row("", "", "", "", f"sample data loaded at {e.get('revision')}", host)
         if ev == "rollback_started":
-            return row("undo", WARN, "rollback", "", f"back to {e.get('start_revision')}: {_first(e.get('reason'))}",
-                       host)
+            return row("undo", WARN, "rollback", "", f"back to {e.get('start_revision')}", host)
         if ev == "rollback_finished":
             return row("ok", OK, "rollback", "", f"at {e.get('revision')} again ({e.get('how')})", host)
         if ev == "rollback_incomplete":

@@ -37,9 +37,7 @@ def render(options: Any, outcome: Any, jr: Any) -> None:
                    for i, line in enumerate(report_lines(summary)))
     else:
         out.append(Text(f"runbook: {_one_line(outcome.message)}", style=style))
-        facts = facts_of(record)
-        if facts:
-            out.append(facts)
+        out.extend(facts_of(record, outcome.message))
         for name, host in (record.get("hosts") or {}).items():
             taken = host.get("backup") or {}
             if taken.get("backup_path"):
@@ -54,11 +52,9 @@ def render(options: Any, outcome: Any, jr: Any) -> None:
         con.print(console._scrub(item), soft_wrap=isinstance(item, Text))
 
 
-def facts_of(record: dict[str, Any]) -> Table | None:
-    """The recap of one host (or each host of a fleet without a summary): a two-column grid."""
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(no_wrap=True, style="dim")
-    grid.add_column(overflow="fold")
+def facts_of(record: dict[str, Any], message: str = "") -> list[Any]:
+    """The recap of a run's hosts, one labelled line each (a fleet's hosts are named)."""
+    rows: list[tuple[str, str]] = []
     hosts = record.get("hosts") or {}
     steps = record.get("steps") or []
     several = len(hosts) > 1
@@ -66,28 +62,41 @@ def facts_of(record: dict[str, Any]) -> Table | None:
         mine = [s for s in steps if s.get("host") == name]
         who = f"{name}: " if several else ""
         start, end = host.get("start_revision"), host.get("end_revision")
+        undone = [s for s in mine if s.get("phase") == "rollback"]
         if start is not None:
-            applied = [r for s in mine if s.get("step") == "upgrade" and s.get("phase") == "run"
-                       for r in (s.get("facts") or {}).get("applied") or []]
+            up = next(((s.get("facts") or {}) for s in mine if s.get("step") == "upgrade"
+                       and s.get("phase") == "run" and s.get("outcome") == "ok"), {})
+            applied = up.get("applied") or []
             moved = f"{start} -> {end}" if end is not None and end != start else f"at {end or start}"
-            grid.add_row(f"{who}revisions", clean(moved + (f" (applied {', '.join(applied)})" if applied else "")))
+            if applied and undone:
+                moved = f"{start} -> {up.get('to')}, back to {end or '?'}"
+            rows.append((f"{who}revisions", moved + (f" (applied {', '.join(applied)})" if applied else "")))
         failure = next((s for s in mine if s.get("outcome") in ("failed", "interrupted")
                         and s.get("phase") == "run"), None)
         if failure is not None:
-            why = (failure.get("facts") or {}).get("error") or (failure.get("facts") or {}).get("signal") or ""
-            grid.add_row(f"{who}failed", clean(f"{failure.get('step')}: {_one_line(str(why))}"))
-        undone = [s for s in mine if s.get("phase") == "rollback"]
+            why = _one_line(str((failure.get("facts") or {}).get("error")
+                                or (failure.get("facts") or {}).get("signal") or ""))
+            told = str(failure.get("step")) + (f": {why}" if why and why not in message else " (above)")
+            rows.append((f"{who}failed", told))
         if undone:
             told = ", ".join(f"{s.get('step')} {s.get('outcome')}" for s in undone)
-            grid.add_row(f"{who}rolled back", clean(f"to {start}: {told}" if start else told))
+            rows.append((f"{who}rolled back", f"to {start}: {told}" if start else told))
         checks = [(s.get("facts") or {}) for s in mine if s.get("step") == "verify" and s.get("outcome") == "ok"]
         if checks:
             last = checks[-1]
-            grid.add_row(f"{who}checks", f"{last.get('checks', 0)} passed at {last.get('revision')}")
+            rows.append((f"{who}checks", f"{last.get('checks', 0)} passed at {last.get('revision')}"))
     took = seconds(record)
     if took is not None:
-        grid.add_row("duration", duration_ms(took * 1000))
-    return grid if grid.row_count else None
+        rows.append(("duration", duration_ms(took * 1000)))
+    width = max((len(label) for label, _ in rows), default=0)
+    out = []
+    for label, value in rows:  # a grid per line: the label column lined up, no padding after the value
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(no_wrap=True, style="dim", min_width=width)
+        grid.add_column(overflow="fold")
+        grid.add_row(label, clean(value))
+        out.append(grid)
+    return out
 
 
 def seconds(record: dict[str, Any]) -> float | None:
@@ -100,9 +109,9 @@ def seconds(record: dict[str, Any]) -> float | None:
 
 def default_next(code: int, record: dict[str, Any]) -> str | None:
     """The next command when the outcome names none: after a rollback (exit 1) the database is as it
-    was; the run log says why, and the dry run shows what the next attempt would do."""
+    was; once the cause (the ``failed`` line) is fixed, the dry run shows what the next attempt does."""
     if code == 1:
-        return f"runbook {record.get('env')} {record.get('playbook')} --dry-run   (after fixing the cause above)"
+        return f"runbook {record.get('env')} {record.get('playbook')} --dry-run"
     return None
 
 
