@@ -313,3 +313,40 @@ class Verbose:
         text = self.renderer(logger, name, event)
         get().print(Text.from_ansi(str(text)) if not _PLAIN else Text(str(text)))
         raise structlog.DropEvent
+
+
+# -- tables (history, status, a fleet's summary) --------------------------------------------------
+
+def table(columns: tuple[str, ...], rows: list[tuple[Any, ...]], *, title: str | None = None,
+          headers: bool = True) -> Table:
+    """Columns lined up by rich: headers bold, no box (copy-pasteable), cells free of secrets, never
+    wrapped (see ``show``)."""
+    out = Table(title=clean(title) if title else None, title_justify="left", title_style="bold", box=None,
+                padding=(0, 2, 0, 0), show_edge=False, header_style="bold", pad_edge=False, show_header=headers)
+    for name in columns:
+        out.add_column(name, no_wrap=True)
+    for cells in rows:
+        out.add_row(*(c if isinstance(c, Text) else Text(clean(c)) for c in cells))
+    return out
+
+
+def stdout(no_color: bool = False) -> Console:
+    """A console on stdout (status, history, dry-run: what a command answers, not how a run goes)."""
+    return make(sys.stdout, no_color=no_color)
+
+
+def show(con: Console, renderable: Any) -> None:
+    """Print a table at its natural width: rows are never cut, and no cell is folded inside a word
+    (a file name, a run id); on a terminal narrower than the table, the terminal wraps its lines and
+    copying still gives them whole."""
+    if isinstance(renderable, Table):
+        from rich.measure import Measurement
+
+        natural = Measurement.get(con, con.options.update_width(10_000), renderable).maximum
+        if natural > con.width:  # rich never prints wider than its console: a wider one, same file and colours
+            wide = Console(file=con.file, width=natural, force_terminal=con.is_terminal,
+                           color_system=con.color_system,  # type: ignore[arg-type] # a name it gave
+                           no_color=con.no_color, highlight=False, markup=False, emoji=False, force_jupyter=False)
+            wide.print(renderable, crop=False)
+            return
+    con.print(renderable)

@@ -48,8 +48,10 @@ def render(options: Any, outcome: Any, jr: Any) -> None:
         out.append(Text(f"runbook: next: {nxt}", style="bold"))
     out.append(Text(f"runbook: run log {jr.log_path}"))
     for item in out:
-        # a runbook: line holds a path or a command to copy: never a newline inside it
-        con.print(console._scrub(item), soft_wrap=isinstance(item, Text))
+        if isinstance(item, Table) and item.title:  # the fleet's summary
+            console.show(con, item)
+        else:  # a runbook: line holds a path or a command to copy: never a newline inside it
+            con.print(console._scrub(item), soft_wrap=isinstance(item, Text))
 
 
 def facts_of(record: dict[str, Any], message: str = "") -> list[Any]:
@@ -127,19 +129,15 @@ def fleet_table(summary: dict[str, Any]) -> Table:
     head += f"): exit {summary['exit_code']}"
     if summary["stopped"]:
         head += f"; stopped: {summary['stopped']}"
-    table = Table(title=clean(head), title_justify="left", box=None, padding=(0, 2, 0, 0), show_edge=False,
-                  header_style="bold")
-    for column in ("HOST", "FROM", "TO", "OUTCOME", "EXIT", "DURATION", "BACKUP"):
-        table.add_column(column, no_wrap=column != "BACKUP", overflow="fold")
+    rows: list[tuple[Any, ...]] = []
     for r in summary["hosts"]:
         backup = str(r["backup"]).rsplit("/", 1)[-1] if r["backup"] else "-"
         mark = OK if r["exit_code"] == DONE else FAIL
-        table.add_row(clean(r["host"]), clean(r["from"] or "-"), clean(r["to"] or "-"),
-                      Text(str(r["outcome"]), style=mark), str(r["exit_code"]), f"{r['duration_s']:.1f}s",
-                      clean(backup))
+        rows.append((r["host"], str(r["from"] or "-"), str(r["to"] or "-"), Text(str(r["outcome"]), style=mark),
+                     str(r["exit_code"]), f"{r['duration_s']:.1f}s", backup))
     for name in summary["not_run"]:
-        table.add_row(clean(name), "-", "-", "not run", "-", "-", "-")
-    return table
+        rows.append((name, "-", "-", "not run", "-", "-", "-"))
+    return console.table(("HOST", "FROM", "TO", "OUTCOME", "EXIT", "DURATION", "BACKUP"), rows, title=head)
 
 
 def _one_line(text: str) -> str:
