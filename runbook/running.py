@@ -169,7 +169,9 @@ def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
                     raise
                 import traceback
 
-                traceback.print_exc()
+                from .log import REDACTOR
+
+                sys.stderr.write(str(REDACTOR.scrub(traceback.format_exc())))  # a secret in the error too
                 outcome = Outcome(NEEDS_PERSON, "internal_error",
                                   f"internal error, the database was not read back: {type(exc).__name__}: {exc}",
                                   f"runbook {env.name} status")
