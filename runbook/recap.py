@@ -32,23 +32,23 @@ def render(options: Any, outcome: Any, jr: Any) -> None:
     if summary is not None:
         from .fleet import report_lines
 
-        out.append(fleet_table(summary))
+        out.extend(fleet_table(summary))
         out.extend(Text(f"runbook: {line}", style=style if i == len(report_lines(summary)) - 1 else "")
                    for i, line in enumerate(report_lines(summary)))
-    else:
-        out.append(Text(f"runbook: {_one_line(outcome.message)}", style=style))
+    else:  # the facts first: the verdict, next and the run log are the last lines (cron mails, tail -3)
         out.extend(facts_of(record, outcome.message))
         for name, host in (record.get("hosts") or {}).items():
             taken = host.get("backup") or {}
             if taken.get("backup_path"):
                 who = f" of {name}" if len(record.get("hosts") or {}) > 1 else ""
                 out.append(Text(f"runbook: backup{who} {taken['backup_path']} ({size(taken.get('backup_size'))})"))
+        out.append(Text(f"runbook: {_one_line(outcome.message)}", style=style))
     nxt = outcome.next_command or default_next(outcome.code, record)
     if nxt:
         out.append(Text(f"runbook: next: {nxt}", style="bold"))
     out.append(Text(f"runbook: run log {jr.log_path}"))
     for item in out:
-        if isinstance(item, Table) and item.title:  # the fleet's summary
+        if isinstance(item, Table) and item.show_header:  # the fleet's summary
             console.show(con, item)
         else:  # a runbook: line holds a path or a command to copy: never a newline inside it
             con.print(console._scrub(item), soft_wrap=isinstance(item, Text))
@@ -117,8 +117,8 @@ def default_next(code: int, record: dict[str, Any]) -> str | None:
     return None
 
 
-def fleet_table(summary: dict[str, Any]) -> Table:
-    """A fleet's summary: one row per host (and per host not run), columns lined up by rich."""
+def fleet_table(summary: dict[str, Any]) -> list[Any]:
+    """A fleet's summary: its head line, then one row per host (and per host not run), lined up by rich."""
     from .outcome import OK as DONE
 
     head = f"Fleet {summary['env']} ({summary['playbook']}"
@@ -137,7 +137,7 @@ def fleet_table(summary: dict[str, Any]) -> Table:
                      str(r["exit_code"]), f"{r['duration_s']:.1f}s", backup))
     for name in summary["not_run"]:
         rows.append((name, "-", "-", "not run", "-", "-", "-"))
-    return console.table(("HOST", "FROM", "TO", "OUTCOME", "EXIT", "DURATION", "BACKUP"), rows, title=head)
+    return [Text(head, style="bold"), console.table(("HOST", "FROM", "TO", "OUTCOME", "EXIT", "DURATION", "BACKUP"), rows)]
 
 
 def _one_line(text: str) -> str:

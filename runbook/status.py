@@ -164,7 +164,7 @@ def render(plan: Any, options: Any) -> int:
     for r in report["runs"]:
         dur = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "-"
         revs = "; ".join(f"{h} {v['start_revision'] or '?'}->{v['end_revision'] or '?'}" for h, v in r["hosts"].items())
-        status = f"INCOMPLETE ({_where_it_stopped(r)})" if r["incomplete"] else str(r["status"])
+        status = str(r["status"]) + (f"  INCOMPLETE ({_where_it_stopped(r)})" if r["incomplete"] else "")
         rows.append((f"  {r['run_id']}", str(r["playbook"]), status, f"exit {r['exit_code']}", dur, revs or "-"))
     if not rows:
         lines.append("  none recorded")
