@@ -247,6 +247,9 @@ class Human:
             return row("ok", OK, "rollback", "", f"at {e.get('revision')} again ({e.get('how')})", host)
         if ev == "rollback_incomplete":
             return row("FAILED", FAIL, "rollback", "", f"the database is {e.get('state')}", host)
+        if ev == "database_swapped":
+            return row("swap", OK, step, "", f"{e.get('database')} is now the restored copy; the database it replaced "
+                       f"is kept as {e.get('kept_as')}", host)
         if ev == "lock_timeout_retry":
             return row("retry", WARN, step, "", f"lock timeout, try {e.get('attempt')} in {e.get('sleep_s')} s", host)
         if ev == "lock_wait":
