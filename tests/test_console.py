@@ -88,6 +88,7 @@ def test_migrate_on_a_terminal_shows_steps_revisions_and_the_recap(local_project
     seen = text(shown)
     assert code == 0, seen
     assert ESC in shown, "colour on a terminal"
+    assert b"pg_dump: 0s" in shown, "a spinner with the elapsed time while pg_dump runs"
     lines = seen.splitlines()
     backup = project.backups()[-1]
     log = project.run_logs()[-1]
@@ -120,6 +121,7 @@ def test_no_colour_means_no_escape_byte_at_all(local_project: Project, how: str)
     seen = shown.decode("utf-8", "replace")
     assert code == 0, seen
     assert ESC not in shown, f"an escape sequence with {how}: {shown[max(0, shown.find(ESC) - 40):][:120]!r}"
+    assert b"pg_dump: " not in shown, "nothing animated without colour"
     assert f"runbook: backup {project.backups()[-1]}" in seen
     assert f"runbook: run log {project.run_logs()[-1]}" in seen
     assert re.search(r"revisions\s+0001 -> 0002", seen), seen
