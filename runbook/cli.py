@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from .initcmd import init_cli
 from .running import _error, execute, log_safe  # noqa: F401 - log_safe: tests import it from here
 
 
@@ -25,6 +26,7 @@ built in: status, checklist, history, schedule PLAYBOOK.
 Without ENV (see runbook lint --help, runbook revision --help):
   runbook lint [RANGE]            judge the pending revisions offline (CI): no database needed
   runbook revision "message"      a new Alembic revision and its verification file
+  runbook init [--playbooks]      a starting inventory.yaml for the Alembic project here
 \b
 Exit codes:
   0  done, verified
@@ -159,7 +161,7 @@ def lint_cli(inventory_path: str, config: str | None, fmt: str, fail_on: str | N
     try:
         code = command.run(Path(inventory_path), config, range_, fmt, fail_on, echo=click.echo)
     except RunbookError as exc:
-        _error(_Plain(), exc)
+        _error(_Json() if fmt == "json" else _Plain(), exc)  # --format json: an error object on stdout
         code = exc.exit_code
     sys.exit(code)
 
@@ -184,11 +186,15 @@ def revision_cli(inventory_path: str, config: str | None, rev_id: str | None, he
     sys.exit(code)
 
 
+class _Json:
+    json = True
+
+
 class _Plain:
     json = False
 
 
-SUBCOMMANDS = {"lint": lint_cli, "revision": revision_cli}
+SUBCOMMANDS = {"lint": lint_cli, "revision": revision_cli, "init": init_cli}
 
 
 def _subcommand(argv: list[str]) -> tuple[Any, list[str]] | None:
@@ -224,7 +230,10 @@ def main() -> None:
         click.echo("runbook: interrupted before anything was touched", err=True)
         _exit_now(SystemExit(4))
     except click.ClickException as exc:
-        exc.show()
+        if "--json" in sys.argv[1:]:  # a usage error is an error object too (docs/events.md)
+            _error(_Json(), exc.format_message(), exc.exit_code)
+        else:
+            exc.show()
         _exit_now(SystemExit(exc.exit_code))
     except SystemExit as exc:
         _exit_now(exc)
