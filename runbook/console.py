@@ -247,6 +247,8 @@ class Human:
             return row("ok", OK, "rollback", "", f"at {e.get('revision')} again ({e.get('how')})", host)
         if ev == "rollback_incomplete":
             return row("FAILED", FAIL, "rollback", "", f"the database is {e.get('state')}", host)
+        if ev == "step_skipped" and e.get("reason"):  # a run's step with nothing to do (not a rollback's)
+            return row("skip", "dim", step, "", _first(e.get("reason")), host)
         if ev == "database_swapped":
             return row("swap", OK, step, "", f"{e.get('database')} is now the restored copy; the database it replaced "
                        f"is kept as {e.get('kept_as')}", host)
