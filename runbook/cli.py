@@ -48,6 +48,8 @@ a second signal does not abandon the rollback.
               default="inventory.yaml", show_default=True, help="Inventory file ($RUNBOOK_INVENTORY).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask; required for protected environments without a TTY.")
 @click.option("--json", "json_out", is_flag=True, help="JSON lines on stdout instead of readable output.")
+@click.option("--verbose", "-v", is_flag=True, help="Every event on the console (key=value lines), not the short ones.")
+@click.option("--no-color", is_flag=True, help="No colour and no escape sequences (also NO_COLOR=1, TERM=dumb).")
 @click.option("--to", metavar="REV", help="Target revision (migrate: default head; rollback: see README).")
 @click.option("--dry-run", is_flag=True, help="Show the plan, the SQL and the locks it takes; change nothing.")
 @click.option("--restore", metavar="BACKUP", is_flag=False, flag_value="newest", default=None,
@@ -75,7 +77,7 @@ a second signal does not abandon the rollback.
 @click.argument("playbook")
 @click.argument("args", nargs=-1)
 @click.version_option(package_name="runbook")
-def cli(inventory_path: str, yes: bool, json_out: bool, to: str | None, dry_run: bool,
+def cli(inventory_path: str, yes: bool, json_out: bool, verbose: bool, no_color: bool, to: str | None, dry_run: bool,
         restore: str | None, install: bool, user: bool, ignore_window: bool, limits: tuple[str, ...],
         shard: str | None, parallel: int, canary: bool, rollback_all: bool, accept: tuple[str, ...],
         override: tuple[str, ...], env: str, playbook: str, args: tuple[str, ...]) -> None:
@@ -102,7 +104,8 @@ def cli(inventory_path: str, yes: bool, json_out: bool, to: str | None, dry_run:
     options = Options(to=to, dry_run=dry_run, yes=yes, restore=restore, json=json_out, install=install, user=user,
                       ignore_window=ignore_window, limit=",".join(limits) if history and limits else None,
                       hosts=() if history else limits, shard=shard, parallel=parallel, canary=canary,
-                      rollback_all=rollback_all, accept=accept, override=override)
+                      rollback_all=rollback_all, accept=accept, override=override,
+                      verbose=verbose, no_color=no_color)
     if playbook == "schedule" and (limits or shard or parallel != 1 or canary or rollback_all):
         code = 2
         _error(options, "--limit, --shard, --parallel, --canary and --rollback-all do not apply to schedule "

@@ -201,7 +201,10 @@ def render(plan: Any, options: Any) -> int:
                 for f in st["findings"]:
                     out.append(f"      {f['level'].upper()}: {f['message']} [{f['rule']}]")
                     out.append(f"        safe: {f['safe']}")
-    click.echo("\n".join(out))
+    from . import console
+
+    # through rich: wrapped on words at the terminal's width, secrets removed, NO_COLOR honoured
+    console.stdout(getattr(options, "no_color", False)).print(console.Text(console.clean("\n".join(out))))
     return 0
 
 

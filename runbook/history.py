@@ -53,7 +53,11 @@ def render(inventory_path: Path, env_name: str, options: Any) -> int:
         for row in rows:
             click.echo(machine_line({"event": "run", **row}))
         return 0
-    click.echo(table(env_name, rows))
+    from . import console
+
+    out = console.stdout(getattr(options, "no_color", False))
+    for part in table(env_name, rows):
+        console.show(out, part)
     return 0
 
 
@@ -98,17 +102,19 @@ def _where_it_stopped(last: dict[str, Any], interrupted: dict[str, Any] | None) 
     return where
 
 
-# -- the console rendering: one function, so a console library can take its place ---------------
+# -- the console rendering: a rich table (lined up, wrapped on words on a narrow terminal) ----------
 
 COLUMNS = ("STARTED (UTC)", "PLAYBOOK", "OUTCOME", "EXIT", "DURATION", "REVISIONS", "BACKUP", "WHO", "HOW",
            "RUN ID")
 
 
-def table(env: str, rows: list[dict[str, Any]]) -> str:
-    """The runs as a plain aligned table, then a line for each flagged run."""
+def table(env: str, rows: list[dict[str, Any]]) -> list[Any]:
+    """The runs as a table, then a line for each flagged run (rich renderables, for console.py)."""
+    from . import console
+
     if not rows:
-        return f"Environment {env}: no runs recorded"
-    cells = [COLUMNS]
+        return [f"Environment {env}: no runs recorded"]
+    cells = []
     notes: list[str] = []
     for r in rows:
         outcome = str(r["outcome"] or "?")
@@ -130,16 +136,16 @@ def table(env: str, rows: list[dict[str, Any]]) -> str:
         started = str(r["started"] or "?")[:19].replace("T", " ")
         duration = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "-"
         exit_code = "-" if r["exit_code"] is None else str(r["exit_code"])
-        cells.append((started, str(r["playbook"]), outcome, exit_code, duration, revisions, backups, who, how,
-                      str(r["run_id"])))
+        style = "green" if r["exit_code"] == 0 else "bold red" if r["exit_code"] in (1, 3) or r["flags"] else "yellow"
+        cells.append((started, str(r["playbook"]), console.Text(outcome, style=style), exit_code, duration,
+                      revisions, backups, who, how, str(r["run_id"])))
         if r["stopped"]:
             notes.append(f"  {r['run_id']} INCOMPLETE: {r['stopped']}")
         elif r["interrupted"]:
             sig = r["interrupted"]
             notes.append(f"  {r['run_id']} INTERRUPTED: {sig.get('signal')} during {sig.get('step') or 'start-up'}")
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
-    lines = [f"Environment {env}: the last {len(rows)} run{'s' if len(rows) != 1 else ''}, newest first"]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells]
+    title = f"Environment {env}: the last {len(rows)} run{'s' if len(rows) != 1 else ''}, newest first"
+    out: list[Any] = [title, console.table(COLUMNS, cells)]
     if notes:
-        lines += ["", *notes]
-    return "\n".join(lines)
+        out += ["", *notes]
+    return out

@@ -1,8 +1,9 @@
 """The structlog pipeline: context, redaction, a JSON-lines run log and a console rendering.
 
 Configured once by the CLI. Every event goes through ``redact`` before any renderer sees it, then is
-written as one JSON line to the run log (mode 0600), then rendered for the console: readable on a
-TTY, ``key=value`` lines for cron, or JSON lines on stdout with ``--json``.
+written as one JSON line to the run log (mode 0600), then rendered for the console: short lines a
+person reads (console.py), every event as ``key=value`` with ``-v``, or JSON lines on stdout with
+``--json``.
 """
 
 from __future__ import annotations
@@ -159,15 +160,24 @@ def _drop_internal(logger: Any, name: str, event: MutableMapping[str, Any]) -> M
     return event
 
 
-def configure(*, json_stdout: bool = False, tty: bool | None = None, quiet: bool = False) -> None:
-    """Set up structlog for this process (idempotent)."""
+def configure(*, json_stdout: bool = False, tty: bool | None = None, quiet: bool = False,
+              verbose: bool = False, no_color: bool = False) -> None:
+    """Set up structlog for this process (idempotent).
+
+    The console (stderr) gets console.Human's short lines, or with ``verbose`` structlog's
+    ConsoleRenderer (every event, ``key=value``); both print through one rich console that honours
+    ``no_color``, ``NO_COLOR`` and ``TERM=dumb``. With ``json_stdout`` the events go to stdout as
+    JSON lines instead. The run log gets every event either way, before any of these."""
+    from . import console
+
     tty = sys.stderr.isatty() if tty is None else tty
     renderer: Any
+    stream: Any = sys.stderr
     if json_stdout:
         renderer, stream = structlog.processors.JSONRenderer(default=str), sys.stdout
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=tty, exception_formatter=structlog.dev.plain_traceback)
-        stream = sys.stderr
+        console.setup(sys.stderr, no_color=no_color, tty=tty)
+        renderer = console.Verbose(colors=tty and not console.colour_off(no_color)) if verbose else console.Human()
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -181,7 +191,10 @@ def configure(*, json_stdout: bool = False, tty: bool | None = None, quiet: bool
     ]
     if quiet:
         processors.append(_Drop())
-    processors.append(_versioned if json_stdout else _for_console)
+    if json_stdout:
+        processors.append(_versioned)
+    elif verbose:
+        processors.append(_for_console)
     processors.append(renderer)
     structlog.configure(
         processors=processors,
@@ -198,6 +211,9 @@ def prefix_hosts(on: bool) -> None:
     write at once with ``--parallel``. The run log's JSON events carry ``host`` either way."""
     global _PREFIX_HOSTS
     _PREFIX_HOSTS = on
+    from . import console
+
+    console.prefix_hosts(on)
 
 
 def _for_console(logger: Any, name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -48,7 +48,8 @@ def execute(inventory_path: Path, env_name: str, playbook_name: str, options: An
     from . import early
     from .journal import new_run_id
 
-    log.configure(json_stdout=options.json, tty=sys.stderr.isatty())
+    log.configure(json_stdout=options.json, tty=sys.stderr.isatty(), verbose=getattr(options, "verbose", False),
+                  no_color=getattr(options, "no_color", False))
     known: dict[str, Any] = {}  # what _plan learnt before it refused: the environment, the playbook
     with interrupts.installed(on_ignored=_signal_ignored), contextlib.ExitStack() as cleanup:
         cleanup.callback(early.discard)  # what was opened early and nobody took (see early.py)
@@ -147,6 +148,9 @@ def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
         jr.record["fleet"] = {k: v for k, v in plan.selection.items() if k != "empty"}
     RUN_LOG.open(jr.log_path)
     jr.save()
+    from . import console
+
+    console.revision_names(lambda rev: plan.migrations.revision(rev).doc)  # "applied 0002 <its message>"
     logger = structlog.get_logger("runbook")
     kwargs = {"sleep": sleep} if sleep is not None else {}
     started = None
@@ -196,7 +200,9 @@ def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
                     raise
                 import traceback
 
-                traceback.print_exc()
+                from .log import REDACTOR
+
+                sys.stderr.write(str(REDACTOR.scrub(traceback.format_exc())))  # a secret in the error too
                 outcome = Outcome(NEEDS_PERSON, "internal_error",
                                   f"internal error, the database was not read back: {type(exc).__name__}: {exc}",
                                   f"runbook {env.name} status")
@@ -247,25 +253,17 @@ def _refused(env: Any, pb: Any, playbook_name: str, exc: Any) -> None:
 
 
 def _report(options: Any, outcome: Any, jr: Any) -> None:
-    """The last lines a person (or cron's mail) reads; a fleet's start with its summary table."""
+    """The last lines a person (or cron's mail) reads (recap.py); a fleet's start with its summary table."""
     summary = getattr(outcome, "summary", None)
     if options.json:  # one object, the last line: what the run did, for jq and CI
         from .log import machine_line
 
         click.echo(machine_line(summary_object(outcome, jr)))
         return
-    stream_err = outcome.code != 0
-    if summary is not None:
-        from .fleet import report_lines, table
+    from .recap import render
 
-        click.echo(log_safe_lines(table(summary)), err=stream_err)
-        for line in report_lines(summary):
-            click.echo(log_safe(f"runbook: {line}"), err=stream_err)
-    else:
-        click.echo(log_safe(f"runbook: {outcome.message}"), err=stream_err)
-    if outcome.next_command:
-        click.echo(log_safe(f"runbook: next: {outcome.next_command}"), err=stream_err)
-    click.echo(f"runbook: run log {jr.log_path}", err=stream_err)
+    render(options, outcome, jr)  # the recap: from, to, backup, checks, duration; next; the run log
+
 
 def log_safe_lines(text: str) -> str:
     """Several lines (a table), secrets removed."""

@@ -161,13 +161,18 @@ def render(plan: Any, options: Any) -> int:
         else:
             lines.append("  lock holders and long transactions: none")
     lines.append("\nLast runs:")
-    if not report["runs"]:
-        lines.append("  none recorded")
+    rows = []
     for r in report["runs"]:
-        flag = f"  INCOMPLETE ({_where_it_stopped(r)})" if r["incomplete"] else ""
         dur = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "-"
-        revs = "; ".join(f"{h} {v['start_revision']}->{v['end_revision']}" for h, v in r["hosts"].items())
-        lines.append(f"  {r['run_id']}  {r['playbook']:<9} {str(r['status']):<12} exit {r['exit_code']}  "
-                     f"{dur}  {revs}{flag}")
-    click.echo("\n".join(lines))
+        revs = "; ".join(f"{h} {v['start_revision'] or '?'}->{v['end_revision'] or '?'}" for h, v in r["hosts"].items())
+        status = str(r["status"]) + (f"  INCOMPLETE ({_where_it_stopped(r)})" if r["incomplete"] else "")
+        rows.append((f"  {r['run_id']}", str(r["playbook"]), status, f"exit {r['exit_code']}", dur, revs or "-"))
+    if not rows:
+        lines.append("  none recorded")
+    from . import console
+
+    out = console.stdout(getattr(options, "no_color", False))
+    out.print(console.Text(console.clean("\n".join(lines))))
+    if rows:  # lined up by rich, whatever the lengths of the playbook and status words
+        console.show(out, console.table(("", "", "", "", "", ""), rows, headers=False))
     return 0

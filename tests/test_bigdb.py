@@ -591,7 +591,8 @@ def test_swap_restore_of_a_custom_format_backup(swap_project: Project) -> None:
     (backup,) = project.backups()
     result = project.run("prod", "rollback", "--restore", backup.name)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "pg_restore -j 2" in result.stderr and "database_swapped" in result.stderr
+    assert "pg_restore -j 2" in result.stderr and "is now the restored copy" in result.stderr
+    assert "database_swapped" in [e["event"] for e in project.events()]
     assert project.state() == at_backup
     assert _copies(project) == [] and len(_kept(project)) == 1
 

@@ -43,8 +43,8 @@ def pipeline(tmp_path: Path) -> Iterator[Path]:
         structlog.contextvars.clear_contextvars()
 
 
-def start(path: Path) -> None:
-    log.configure(json_stdout=False, tty=False)
+def start(path: Path, verbose: bool = False) -> None:
+    log.configure(json_stdout=False, tty=False, verbose=verbose)
     log.RUN_LOG.open(path)
 
 
@@ -118,20 +118,22 @@ def test_run_log_is_json_lines_with_mode_0600(tmp_path: Path) -> None:
     assert len(path.read_text().splitlines()) == 3
 
 
+@pytest.mark.parametrize("verbose", [False, True], ids=["console", "verbose"])
 def test_pipeline_redacts_before_the_file_and_the_console(
-        pipeline: Path, redactor: Redactor, capsys: pytest.CaptureFixture[str]) -> None:
-    """The configured pipeline writes context-bound, redacted events to the run log and to stderr."""
-    start(pipeline)
+        pipeline: Path, redactor: Redactor, capsys: pytest.CaptureFixture[str], verbose: bool) -> None:
+    """The configured pipeline writes context-bound, redacted events to the run log and to stderr
+    (the short console's generic line for a warning, or -v's key=value line)."""
+    start(pipeline, verbose)
     logger = structlog.get_logger("runbook")
     with structlog.contextvars.bound_contextvars(run_id="r1", env="prod", host="db1", step="backup"):
-        logger.info("backup_finished", backup_path="/b/x.dump", note=f"pw {SECRET}")
+        logger.warning("backup_finished", backup_path="/b/x.dump", note=f"pw {SECRET}")
     log.RUN_LOG.close()
     events = [json.loads(line) for line in pipeline.read_text().splitlines()]
     assert len(events) == 1
     event = events[0]
     assert (event["event"], event["run_id"], event["env"], event["host"], event["step"]) == (
         "backup_finished", "r1", "prod", "db1", "backup")
-    assert event["level"] == "info" and event["timestamp"].endswith("Z")
+    assert event["level"] == "warning" and event["timestamp"].endswith("Z")
     assert event["note"] == f"pw {REDACTED}"
     err = capsys.readouterr().err
     assert "backup_finished" in err and SECRET not in err and REDACTED in err
@@ -139,8 +141,8 @@ def test_pipeline_redacts_before_the_file_and_the_console(
 
 def test_tracebacks_are_redacted_and_kept_in_the_run_log(
         pipeline: Path, redactor: Redactor, capsys: pytest.CaptureFixture[str]) -> None:
-    """logger.exception: the traceback text goes to the run log and the console, secret scrubbed."""
-    start(pipeline)
+    """logger.exception: the traceback text goes to the run log and (-v) the console, secret scrubbed."""
+    start(pipeline, verbose=True)
     logger = structlog.get_logger("runbook")
     try:
         raise ValueError(f"could not connect with {SECRET}")

@@ -95,8 +95,10 @@ def destroyed(ctx: Context, current: tuple[str, ...], target: str) -> list[str] 
 
 def confirm(ctx: Context, plan: list[str]) -> None:
     ctx.log.info("rollback_plan", plan=plan)
-    if not ctx.options.json:
-        click.echo("\n".join(plan), err=True)
+    if not ctx.options.json:  # once, as text (the rollback_plan event is for the run log and -v)
+        from .. import console
+
+        console.say("\n".join(plan))
     if ctx.options.yes:
         return
     if not sys.stdin.isatty():
@@ -176,7 +178,9 @@ def run(ctx: Context, params: Any) -> dict[str, Any]:
     if not p["undo"]:
         ctx.log.info("nothing_to_roll_back", revision=fmt(current), why=p["why"])
         if not ctx.options.json:
-            click.echo("\n".join(p["lines"]), err=True)
+            from .. import console
+
+            console.say("\n".join(p["lines"]))
         return facts
     if p["irreversible"]:
         blocked, chosen = p["irreversible"][0], p.get("restore_instead")
