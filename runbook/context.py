@@ -33,6 +33,8 @@ class Options:
     rollback_all: bool = False   # a fleet that stops rolls back every host it migrated
     accept: tuple[str, ...] = ()  # migrate: error-level lint rules to run despite (by name)
     override: tuple[str, ...] = ()  # checklist lines to run despite (by name: checklist.LINES)
+    verbose: bool = False
+    no_color: bool = False
 
 
 @dataclass

@@ -200,7 +200,9 @@ def test_bad_command_line_exits_2(args: list[str]) -> None:
     result = subprocess.run([sys.executable, "-m", "runbook", *args], capture_output=True, text=True,
                             timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 2
-    assert "Traceback" not in result.stderr and "Error:" in result.stderr and result.stdout == ""
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("runbook: error: ") and lines[1].startswith("runbook: next: runbook "), lines
 
 
 def test_dry_run_shows_plan_sql_and_locks_and_changes_nothing(at_0001: tuple[Project, object]) -> None:

@@ -510,7 +510,7 @@ def test_install_and_user_belong_to_schedule(ops: Path) -> None:
     """--install on a run is a usage error (exit 2) before anything is loaded."""
     write_inventory(ops, prod=environment(BERLIN))
     result = schedule(ops, "prod", "migrate", "--install")
-    assert result.returncode == 2 and "--install and --user only apply to" in result.stderr
+    assert result.returncode == 2 and "--install does not apply to migrate (it is an option of schedule)" in result.stderr
     result = schedule(ops, "prod", "migrate", "extra")
     assert result.returncode == 2 and "unexpected extra argument 'extra'" in result.stderr
 
