@@ -114,7 +114,7 @@ def test_unknown_key_typo(at_0001: tuple[Project, object]) -> None:
     text = project.inventory.read_text().splitlines()
     lineno = next(i for i, t in enumerate(text, 1) if t.strip().startswith("databse:"))
     line = refused(project, before, cli(project, "prod", "migrate"))
-    assert line == f"{project.inventory}:{lineno}: unknown key 'databse' in environments.prod"
+    assert line == f"{project.inventory}:{lineno}: unknown key 'databse' in environments.prod; did you mean 'database'?"
 
 
 def test_password_variable_unset(at_0001: tuple[Project, object]) -> None:
