@@ -51,7 +51,8 @@ def describe(exc: click.ClickException) -> UsageProblem:
                                     f"(it is an option of {', '.join(where)})", hint)
         from .suggest import did_you_mean
 
-        return UsageProblem(f"no such option {option}{did_you_mean(option, exc.possibilities or ())}", hint)
+        # the "--" every option shares makes short names look alike: ask for a closer match
+        return UsageProblem(f"no such option {option}{did_you_mean(option, exc.possibilities or (), 0.75)}", hint)
     text = exc.format_message().strip()
     found = EXTRA.match(text)
     if found:
