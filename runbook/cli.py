@@ -67,8 +67,13 @@ class Runbook(click.Group):
         return environments(ctx, incomplete)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        with formatter.section("Commands without ENV"):
-            formatter.write_dl([(name, cmd.get_short_help_str(70)) for name, cmd in SUBCOMMANDS.items()])
+        """The commands without ENV, as they are typed (``runbook lint [RANGE]``)."""
+        rows = []
+        for name, cmd in SUBCOMMANDS.items():
+            args = USAGE.get(name) or " ".join(p.make_metavar(ctx) for p in cmd.params if isinstance(p, click.Argument))
+            rows.append((f"runbook {name} {args}".rstrip(), cmd.get_short_help_str(70)))
+        with formatter.section("Without ENV (see runbook COMMAND --help)"):
+            formatter.write_dl(rows)
 
 
 def _top_options() -> list[click.Parameter]:
@@ -106,7 +111,7 @@ cli.params[:0] = _top_options()
 
 
 @click.command("lint", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-               short_help="[RANGE]: the pending revisions judged offline (CI): no ENV, no database")
+               short_help="the pending revisions judged offline (CI): no database needed")
 @click.option("--inventory", "-i", "inventory_path", metavar="PATH",
               help="Inventory: its environments name the Alembic project and its journal the pending revisions "
               "(default: runbook's --inventory, $RUNBOOK_INVENTORY, inventory.yaml).")
@@ -141,7 +146,7 @@ def lint_cli(inventory_path: str | None, config: str | None, fmt: str, fail_on: 
 
 
 @click.command("revision", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-               short_help='"message": a new Alembic revision and its verification file')
+               short_help="a new Alembic revision and its verification file")
 @click.option("--inventory", "-i", "inventory_path", metavar="PATH",
               help="Inventory naming the Alembic project (default: runbook's --inventory, $RUNBOOK_INVENTORY, "
               "inventory.yaml).")
@@ -176,6 +181,7 @@ def _inventory(own: str | None) -> Path:
 
 
 SUBCOMMANDS: dict[str, click.Command] = {"lint": lint_cli, "revision": revision_cli}
+USAGE = {"revision": '"message"'}  # how runbook --help shows a subcommand's arguments (default: its metavars)
 
 
 def main() -> None:

@@ -49,6 +49,10 @@ def describe(exc: click.ClickException) -> UsageProblem:
             if where:
                 return UsageProblem(f"{option} does not apply to {command.playbook} "
                                     f"(it is an option of {', '.join(where)})", hint)
+        elif applies_to(option):  # before ENV or PLAYBOOK: only the global options go there
+            return UsageProblem(f"{option} goes after the playbook, as in runbook ENV PLAYBOOK {option} ... "
+                                f"(it is an option of {', '.join(applies_to(option))})",
+                                "runbook ENV PLAYBOOK --help")
         from .suggest import did_you_mean
 
         # the "--" every option shares makes short names look alike: ask for a closer match

@@ -63,6 +63,8 @@ def untouched(project: Project, before: object, backups: list[Path]) -> None:
     (("prod", "migrate", "extra"), "unexpected extra argument 'extra'", "runbook prod migrate --help"),
     (("revision",), "missing argument 'MESSAGE'", "runbook revision --help"),
     (("lint", "--format", "xml"), "--format: 'xml' is not one of 'text', 'json', 'github'", "runbook lint --help"),
+    (("--to", "0002", "prod", "migrate"), "--to goes after the playbook, as in runbook ENV PLAYBOOK --to ... "
+     "(it is an option of migrate, migrate-rehearsed, rehearse, rollback)", "runbook ENV PLAYBOOK --help"),
     ((), "missing ENV and PLAYBOOK (e.g. runbook prod status)", "runbook --help"),
     (("prod",), "missing PLAYBOOK after 'prod' (e.g. runbook prod status)", "runbook prod --help"),
 ])
