@@ -1,5 +1,10 @@
-"""``runbook [--inventory PATH] [--yes] [--json] ENV PLAYBOOK [OPTIONS]``, ``runbook lint``,
-``runbook revision``: the command line, parsed.
+"""``runbook [GLOBAL OPTIONS] ENV PLAYBOOK [OPTIONS]``, ``runbook lint``, ``runbook revision``: the
+command line, parsed.
+
+A click group: its first word is a command without ENV (``SUBCOMMANDS``) or an environment, whose
+commands are the playbooks, each with only its own options (``cli_playbooks.py``). click's usage
+errors are said in runbook's voice (``cli_errors.py``); shell completion is click's own
+(``cli_complete.py``).
 
 Parsing only: the plan (everything loaded and validated before anything connects) is
 ``planning.py``, the run and what is said after it ``running.py``. A RunbookError is one clear line

@@ -176,7 +176,7 @@ class EnvGroup(click.Group):
     def __init__(self, env: str) -> None:
         super().__init__(env, params=global_options(hidden=True), context_settings=CONTEXT, no_args_is_help=False,
                          help=f"Run PLAYBOOK against the databases of environment '{env}'.",
-                         subcommand_metavar="PLAYBOOK [OPTIONS]")
+                         subcommand_metavar="PLAYBOOK [OPTIONS]", options_metavar="")
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return command_for(cmd_name)
