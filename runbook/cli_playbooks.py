@@ -36,7 +36,7 @@ OPTIONS_OF: dict[str, tuple[str, ...]] = {
     "backup": ("dry_run", *FLEET, "canary"),
     "verify": FLEET,
     "status": ("limit", "shard"),
-    "checklist": ("override", "limit", "shard"),
+    "checklist": ("to", "ignore_window", "accept", "override", "limit", "shard"),  # the lines migrate would check
     "history": ("count",),
     "schedule": ("install", "user"),
 }

@@ -64,7 +64,7 @@ def untouched(project: Project, before: object, backups: list[Path]) -> None:
     (("revision",), "missing argument 'MESSAGE'", "runbook revision --help"),
     (("lint", "--format", "xml"), "--format: 'xml' is not one of 'text', 'json', 'github'", "runbook lint --help"),
     (("--to", "0002", "prod", "migrate"), "--to goes after the playbook, as in runbook ENV PLAYBOOK --to ... "
-     "(it is an option of migrate, migrate-rehearsed, rehearse, rollback)", "runbook ENV PLAYBOOK --help"),
+     "(it is an option of migrate, migrate-rehearsed, rehearse, rollback, checklist)", "runbook ENV PLAYBOOK --help"),
     ((), "missing ENV and PLAYBOOK (e.g. runbook prod status)", "runbook --help"),
     (("prod",), "missing PLAYBOOK after 'prod' (e.g. runbook prod status)", "runbook prod --help"),
 ])
@@ -121,6 +121,8 @@ def options_of(text: str) -> set[str]:
     (("prod", "rollback"), {"--to", "--restore", "--dry-run", "--limit", "--shard", "--parallel"},
      {"--accept", "--ignore-window", "--rollback-all", "--canary", "--install"}),
     (("prod", "status"), {"--limit", "--shard"}, {"--to", "--dry-run", "--parallel", "--restore"}),
+    (("prod", "checklist"), {"--to", "--ignore-window", "--accept", "--override", "--limit", "--shard"},
+     {"--dry-run", "--parallel", "--restore"}),
     (("prod", "verify"), {"--limit", "--shard", "--parallel"}, {"--to", "--dry-run"}),
     (("prod", "history"), {"--limit"}, {"--shard", "--to"}),
     (("prod", "schedule"), {"--install", "--user"}, {"--to", "--dry-run", "--limit"}),
