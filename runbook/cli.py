@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from .cli_errors import Located
 from .running import _error, execute, log_safe  # noqa: F401 - execute, log_safe: tests import them
 
 
@@ -115,7 +116,7 @@ def cli(**_: Any) -> None:
 cli.params[:0] = _top_options()
 
 
-@click.command("lint", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+@click.command("lint", cls=Located, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
                short_help="the pending revisions judged offline (CI): no database needed")
 @click.option("--inventory", "-i", "inventory_path", metavar="PATH",
               help="Inventory: its environments name the Alembic project and its journal the pending revisions "
@@ -150,7 +151,7 @@ def lint_cli(inventory_path: str | None, config: str | None, fmt: str, fail_on: 
     sys.exit(code)
 
 
-@click.command("revision", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+@click.command("revision", cls=Located, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
                short_help="a new Alembic revision and its verification file")
 @click.option("--inventory", "-i", "inventory_path", metavar="PATH",
               help="Inventory naming the Alembic project (default: runbook's --inventory, $RUNBOOK_INVENTORY, "

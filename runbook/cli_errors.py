@@ -14,9 +14,21 @@ from typing import Any
 
 import click
 
-from .outcome import USAGE
 
 EXTRA = re.compile(r"^Got unexpected extra arguments? \((.*)\)$")
+
+
+class Located(click.Command):
+    """A command whose usage errors always know their context (click's parser leaves it out of some,
+    such as "option '--to' requires an argument"), so the hint names the command's own --help."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            if exc.ctx is None:
+                exc.ctx = ctx
+            raise
 
 
 class UsageProblem:
@@ -70,6 +82,7 @@ def describe(exc: click.ClickException) -> UsageProblem:
 
 def usage_error(exc: click.ClickException, argv: list[str]) -> int:
     """Print ``exc`` as runbook's own error; the exit code (2: bad usage, nothing touched)."""
+    from .outcome import USAGE
     from .running import _error
 
     json_out = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv

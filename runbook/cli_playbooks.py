@@ -19,6 +19,7 @@ from typing import Any, Callable
 import click
 
 from . import cli_complete as complete
+from .cli_errors import Located
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -138,7 +139,7 @@ def merged_globals(ctx: click.Context) -> dict[str, Any]:
     return out
 
 
-class PlaybookCommand(click.Command):
+class PlaybookCommand(Located):
     """``runbook ENV PLAYBOOK``: ``takes`` names the options it accepts (``OPTIONS_OF``)."""
 
     def __init__(self, playbook: str, takes: tuple[str, ...]) -> None:

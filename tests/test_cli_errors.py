@@ -62,6 +62,7 @@ def untouched(project: Project, before: object, backups: list[Path]) -> None:
     (("prod", "migrate", "--parallel", "0"), "--parallel: 0 is not in the range x>=1", "runbook prod migrate --help"),
     (("prod", "migrate", "extra"), "unexpected extra argument 'extra'", "runbook prod migrate --help"),
     (("revision",), "missing argument 'MESSAGE'", "runbook revision --help"),
+    (("prod", "migrate", "--to"), "option '--to' requires an argument", "runbook prod migrate --help"),
     (("lint", "--format", "xml"), "--format: 'xml' is not one of 'text', 'json', 'github'", "runbook lint --help"),
     (("--to", "0002", "prod", "migrate"), "--to goes after the playbook, as in runbook ENV PLAYBOOK --to ... "
      "(it is an option of migrate, migrate-rehearsed, rehearse, rollback, checklist)", "runbook ENV PLAYBOOK --help"),
