@@ -322,7 +322,7 @@ class BenchDatabases:
         from alembic import command
         from alembic.config import Config
 
-        cfg = Config(str(ROOT / "alembic.ini"))
+        cfg = Config(str(ROOT / "runbook" / "example" / "alembic.ini"))
         cfg.attributes["configure_logger"] = False
         engine = self.server.engine(dbname)
         try:

@@ -162,7 +162,7 @@ def status_profile(bench: Bench) -> str:
 def verify_script() -> tuple[str, int]:
     """The verification queries of 0002 as a psql script (probes in rolled-back transactions)."""
     yaml = YAML(typ="safe")
-    checks = yaml.load((ROOT / "alembic" / "verify" / "0002.yaml").read_text())
+    checks = yaml.load((ROOT / "runbook" / "example" / "alembic" / "verify" / "0002.yaml").read_text())
     parts = []
     errors = 0
     for c in checks:
@@ -222,7 +222,7 @@ def hand_migrate(bench: Bench) -> tuple[float, dict[str, float], float]:
         marks["pg_dump on the host (ssh)"] = time.perf_counter()
         subprocess.run([*psql, "-c", lock_check_sql()], check=True, env=psql_env, capture_output=True)
         marks["psql lock check"] = time.perf_counter()
-        subprocess.run([str(ALEMBIC), "-c", str(ROOT / "alembic.ini"), "upgrade", "head"], check=True,
+        subprocess.run([str(ALEMBIC), "-c", str(ROOT / "runbook" / "example" / "alembic.ini"), "upgrade", "head"], check=True,
                        cwd=ROOT, env={**os.environ, "RAG_DATABASE_URL": url}, capture_output=True)
         marks["alembic upgrade head (CLI)"] = time.perf_counter()
         out = subprocess.run([*psql, "-f", "-"], input=verify_sql, text=True, env=psql_env,

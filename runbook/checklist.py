@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import subprocess
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -276,8 +275,10 @@ def render(plan: Any, options: Any) -> int:
     apply_overrides(lines, options.override)
     bad = failed(lines)
     if options.json:
+        from .log import machine_line
+
         for line in lines:
-            click.echo(json.dumps({"event": "checklist", "env": env.name, **line.fact()}))
+            click.echo(machine_line({"event": "checklist", "env": env.name, **line.fact()}))
     else:
         click.echo(f"Checklist of {env.name}")
         for line in lines:

@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from .cli_errors import Located
+from .initcmd import init_cli
 from .running import _error, execute, log_safe  # noqa: F401 - execute, log_safe: tests import them
 
 
@@ -146,7 +147,7 @@ def lint_cli(inventory_path: str | None, config: str | None, fmt: str, fail_on: 
     try:
         code = command.run(_inventory(inventory_path), config, range_, fmt, fail_on, echo=click.echo)
     except RunbookError as exc:
-        _error(_Plain(), exc)
+        _error(_Json() if fmt == "json" else _Plain(), exc)  # --format json: an error object on stdout
         code = exc.exit_code
     sys.exit(code)
 
@@ -173,6 +174,10 @@ def revision_cli(inventory_path: str | None, config: str | None, rev_id: str | N
     sys.exit(code)
 
 
+class _Json:
+    json = True
+
+
 class _Plain:
     json = False
 
@@ -186,8 +191,8 @@ def _inventory(own: str | None) -> Path:
     return Path(root.params.get("inventory_path") or "inventory.yaml")
 
 
-SUBCOMMANDS: dict[str, click.Command] = {"lint": lint_cli, "revision": revision_cli}
-USAGE = {"revision": '"message"'}  # how runbook --help shows a subcommand's arguments (default: its metavars)
+SUBCOMMANDS: dict[str, click.Command] = {"lint": lint_cli, "revision": revision_cli, "init": init_cli}
+USAGE = {"revision": '"message"', "init": "[--playbooks]"}  # how runbook --help shows a subcommand's arguments (default: its metavars)
 
 
 def main() -> None:

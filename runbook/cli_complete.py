@@ -29,9 +29,15 @@ def _inventory_path(ctx: click.Context) -> Path:
 
 
 def environment_names(path: Path) -> list[str]:
-    """The environments an inventory defines, read as YAML only (no validation)."""
+    """The environments an inventory defines, read as YAML only (no validation); the built-in
+    example's where a command would use it (no inventory.yaml and no Alembic project here)."""
     try:
         from ruamel.yaml import YAML
+
+        from .shipped import builtin_inventory, wants_builtin
+
+        if wants_builtin(path):
+            path = builtin_inventory()
 
         tree = YAML(typ="safe").load(path.read_text())
         return sorted(str(name) for name in (tree or {}).get("environments") or {})

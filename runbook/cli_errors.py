@@ -87,5 +87,5 @@ def usage_error(exc: click.ClickException, argv: list[str]) -> int:
 
     json_out = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
     options: Any = _Out(json_out)
-    _error(options, describe(exc))
+    _error(options, describe(exc), USAGE)
     return USAGE

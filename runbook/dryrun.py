@@ -8,7 +8,6 @@ offline (a data migration that needs a live connection) is named as such.
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import Any
 
 import click
@@ -89,6 +88,11 @@ def upgrade_plan(ctx: Any, current: tuple[str, ...], target: str) -> dict[str, A
         with ctx.connect("dry-run") as conn:
             return index_tables(conn, names)
 
+    from .steps.migrate import NEEDLESS_WITHOUT_PENDING, going_back
+
+    refusal = going_back(migrations, current, target, getattr(getattr(ctx, "env", None), "name", "ENV"))
+    if refusal is not None:  # what the run would refuse, the plan refuses the same way
+        raise refusal
     result = analyze_range(migrations, current, target, lookup if hasattr(ctx, "connect") else None)
     revisions = []
     for rev in result.revisions:
@@ -108,9 +112,13 @@ def upgrade_plan(ctx: Any, current: tuple[str, ...], target: str) -> dict[str, A
         entry["findings"] = [f.fact() for f in mine]  # about the revision as a whole
         revisions.append(entry)
     errors = result.at_or_above("error")
+    skipped = [] if revisions else list(NEEDLESS_WITHOUT_PENDING)
+    said = notes(current, want, migrations.heads(), revisions)
+    if skipped:
+        said.insert(0, f"nothing pending: a run skips {' and '.join(skipped)} (no new backup) and verifies")
     return {"host": ctx.host.name, "database": ctx.database.name, "current": fmt(current),
             "target": fmt(want), "heads": list(migrations.heads()), "backend": migrations.kind,
-            "revisions": revisions, "notes": notes(current, want, migrations.heads(), revisions),
+            "revisions": revisions, "notes": said, "skipped": skipped,
             "lint": {"errors": len(errors), "findings": len(result.findings),
                      "refusing": sorted({f.rule for f in errors})}}
 
@@ -154,7 +162,9 @@ def render(plan: Any, options: Any) -> int:
               "on_failure": [s.describe() for s in plan.playbook.on_failure],
               "hosts": [host_plan(viewer, h, target) for h in env.hosts]}
     if options.json:
-        click.echo(json.dumps({"event": "dry_run", **report}, default=str))
+        from .log import machine_line
+
+        click.echo(machine_line({"event": "dry_run", **report}))
         return 0
     out = [f"Plan for {env.name} ({plan.playbook.name}): nothing will be changed.",
            "  steps:      " + " -> ".join(report["steps"]),

@@ -320,9 +320,13 @@ class EmbeddedCluster:
 
 
 def load_sample(ctx: Any, migrations: Any) -> None:
-    """A fresh embedded database gets the example data at the first revision."""
+    """A fresh embedded database gets the example data at the first revision: the example
+    application's only (``runbook init``'s inventory runs your own project on it, starting empty)."""
     from . import postgres
+    from .shipped import is_example
 
+    if not is_example(getattr(migrations, "ini", None)):
+        return
     first = [r for r in migrations.script.walk_revisions() if not r.down_revision]
     if not first:
         return

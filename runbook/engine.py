@@ -245,6 +245,12 @@ class Engine:
             self.journal.step_finished(entry, "ok", facts)
             return facts
 
+    def skipped(self, ctx: Context, step: Step, reason: str) -> None:
+        """A step not needed by this run: logged and journaled (outcome ``skipped``) with why."""
+        entry = self.journal.step_started(ctx.host.name, step.kind, "run")
+        self.log.info("step_skipped", step=step.kind, phase="run", params=step.describe(), reason=reason)
+        self.journal.step_finished(entry, "skipped", {"reason": reason})
+
     def _check_lock(self, ctx: Context, step: str) -> None:
         """Before every step: the run lock is still ours, or the run stops (and rolls back)."""
         lock = self._lock
@@ -254,10 +260,16 @@ class Engine:
                               "the run does not go on unlocked", step="run_lock", host=ctx.host.name)
 
     def _run_steps(self, ctx: Context) -> Outcome:
+        from .steps.migrate import needless
+
+        skip: dict[str, str] = {}
         try:
             try:
+                skip = needless(ctx, self.playbook.steps)  # nothing pending: no backup to take
                 for step in self.playbook.steps:
-                    if step.wanted(ctx.facts):
+                    if step.kind in skip:
+                        self.skipped(ctx, step, skip[step.kind])
+                    elif step.wanted(ctx.facts):
                         interrupts.checkpoint()  # a fleet's worker: stop between steps
                         self._check_lock(ctx, step.kind)
                         self.step(ctx, step, "run")
@@ -280,7 +292,7 @@ class Engine:
         now = fmt(ctx.current())
         what = f"{self.env.name}/{ctx.host.name}: {ctx.database.name} at {now}"
         if "upgrade" in self.playbook.kinds() and not ctx.facts.get("changed"):
-            what = f"{what}: nothing to migrate"
+            what = f"{what}: nothing to migrate" + (", no backup needed" if "backup" in skip else "")
         if "verify" in self.playbook.kinds():
             what += ", verified"
         rehearsed = (self.journal.host(ctx.host.name).get("rehearsal") or {}).get("summary")

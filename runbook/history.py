@@ -13,7 +13,6 @@ host) and how (terminal, cron, systemd, other), as recorded by the run at its st
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -49,8 +48,10 @@ def render(inventory_path: Path, env_name: str, options: Any) -> int:
     inv.config_of(env_name)  # an unknown environment is an error, as for any command
     rows = [summary(rec) for rec in journal.runs(inv.state_dir, env_name)[:limit]]
     if options.json:
+        from .log import machine_line
+
         for row in rows:
-            click.echo(json.dumps({"event": "run", **row}, default=str))
+            click.echo(machine_line({"event": "run", **row}))
         return 0
     click.echo(table(env_name, rows))
     return 0

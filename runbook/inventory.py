@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from . import yamlfile
+from . import shipped, yamlfile
 from .errors import ConfigError
 from .units import Duration
 
@@ -330,6 +330,7 @@ class Inventory:
     path: Path
     tree: Any
     file: InventoryFile
+    builtin: bool = False  # no inventory.yaml here: the shipped one (shipped.builtin_inventory), path is ./inventory.yaml
 
     @property
     def names(self) -> list[str]:
@@ -342,6 +343,10 @@ class Inventory:
             from .suggest import did_you_mean
 
             known = ", ".join(sorted(envs)) or "none"
+            if self.builtin:
+                raise ConfigError(f"unknown environment '{name}'{did_you_mean(name, envs)}: there is no "
+                                  f"inventory.yaml here, and the built-in example defines only: {known}",
+                                  hint="runbook init writes an inventory.yaml for the Alembic project here")
             raise ConfigError(f"unknown environment '{name}'{did_you_mean(name, envs)} (defined: {known})",
                               path=str(self.path))
         return envs[name]
@@ -396,6 +401,10 @@ class Inventory:
             hosts.append(Host("localhost", None, None))
         alembic_ini = self._alembic_ini(cfg, name)
         self._own_textfile(cfg, name)
+        if self.builtin:
+            import sys
+
+            print(shipped.BUILTIN_NOTE, file=sys.stderr)
         # Read here, checked by the runs that would send (notify.check): status and --dry-run
         # send nothing, so an operator's shell without the variable can still use them.
         webhook = (environ.get(cfg.notify.webhook_env) or None) if cfg.notify else None
@@ -424,12 +433,7 @@ class Inventory:
                     line=yamlfile.line_of(self.tree, ["environments", name, "alembic", "config"]))
             return path
         beside = self.path.parent / "alembic.ini"
-        return beside if beside.is_file() else project_root() / "alembic.ini"
-
-
-def project_root() -> Path:
-    """The folder holding runbook's own playbooks/ and the example application."""
-    return Path(__file__).resolve().parent.parent
+        return beside if beside.is_file() else shipped.example_alembic_ini()
 
 
 def expand(value: str, base: Path) -> Path:
@@ -442,16 +446,24 @@ def default_path() -> Path:
 
 
 def load(path: Path) -> Inventory:
-    """Read and validate an inventory file; every mistake is one located ConfigError."""
-    if not path.exists():  # absolute: cron's cwd is rarely what the person who wrote the job thought
+    """Read and validate an inventory file; every mistake is one located ConfigError. The default
+    ./inventory.yaml missing where there is no Alembic project either: the built-in example's, and
+    ``environment()`` says so in one line on stderr (shipped.wants_builtin)."""
+    builtin = shipped.wants_builtin(path)
+    if builtin:
+        source, path = shipped.builtin_inventory(), path.absolute()
+    elif not path.exists():  # absolute: cron's cwd is rarely what the person who wrote the job thought
+        project = Path("alembic.ini").exists()
         raise ConfigError("inventory not found", path=str(path.absolute()),
-                          hint="pass --inventory PATH or set RUNBOOK_INVENTORY")
-    path = path.resolve()
-    tree = yamlfile.load(path, "inventory")
+                          hint="runbook init writes one for the Alembic project here" if project
+                          else "pass --inventory PATH or set RUNBOOK_INVENTORY (runbook init writes one)")
+    else:
+        source = path = path.resolve()
+    tree = yamlfile.load(source, "inventory")
     if not isinstance(tree, dict):
         raise ConfigError("an inventory must be a mapping with an 'environments' key", path=str(path))
     try:
         parsed = InventoryFile.model_validate(tree)
     except ValidationError as exc:
         raise yamlfile.config_error(exc, tree, path, model=InventoryFile) from None
-    return Inventory(path, tree, parsed)
+    return Inventory(path, tree, parsed, builtin)

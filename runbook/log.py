@@ -135,6 +135,25 @@ class JsonLinesFile:
 RUN_LOG = JsonLinesFile()
 
 
+# The version of the ``--json`` contract (docs/events.md, docs/events.schema.json): the first key
+# of every line runbook prints on stdout with ``--json``. Raised when a field changes meaning or
+# type or is removed (adding an event or an optional field does not raise it). Named
+# ``schema_version``, not ``schema``: in a PostgreSQL tool "schema" names database schemas, and an
+# event about one would collide; nor ``version``, which reads as runbook's or PostgreSQL's.
+SCHEMA_VERSION = 1
+
+
+def machine_line(obj: dict[str, Any]) -> str:
+    """One line of ``--json`` stdout that is not a log event (an error, the summary, status, ...):
+    the schema version first, secrets removed, one line."""
+    return json.dumps(REDACTOR.scrub({"schema_version": SCHEMA_VERSION, **obj}), default=str)
+
+
+def _versioned(logger: Any, name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """stdout's events carry the contract's version (the run log's lines stay as they were)."""
+    return {"schema_version": SCHEMA_VERSION, **event}
+
+
 def _drop_internal(logger: Any, name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     event.pop("console", None)
     return event
@@ -162,8 +181,7 @@ def configure(*, json_stdout: bool = False, tty: bool | None = None, quiet: bool
     ]
     if quiet:
         processors.append(_Drop())
-    if not json_stdout:
-        processors.append(_for_console)
+    processors.append(_versioned if json_stdout else _for_console)
     processors.append(renderer)
     structlog.configure(
         processors=processors,

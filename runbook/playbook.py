@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import yamlfile
 from .errors import ConfigError
-from .inventory import CheckConfig, project_root
+from .inventory import CheckConfig
+from .shipped import playbooks_dir
 from .units import Duration
 
 Condition = Literal["downgrade_failed", "verify_failed", "rollback_failed", "restored",
@@ -119,7 +120,7 @@ class Playbook:
 
 def search_path(inventory_dir: Path) -> list[Path]:
     """Playbooks next to the inventory win over the ones shipped with runbook."""
-    dirs = [inventory_dir / "playbooks", project_root() / "playbooks"]
+    dirs = [inventory_dir / "playbooks", playbooks_dir()]
     return [d for i, d in enumerate(dirs) if d not in dirs[:i]]
 
 

@@ -25,8 +25,20 @@ def before_steps(ctx: Any, playbook: Any) -> None:
     from .lint.preflight import gate, upgrade_target
     from .steps.migrate import prepare
 
+    refuse_going_back(ctx, playbook.steps)  # migrate --to an older revision: exit 2, before the backup
     checklist(ctx, playbook)  # a protected environment's checklist, before the backup
     target = upgrade_target(ctx, playbook.steps)
     if target is not None:  # error-level lint findings refuse the run before its backup
         gate(ctx, target)
     prepare(ctx, playbook.steps)
+
+
+def refuse_going_back(ctx: Any, steps: Any) -> None:
+    """An upgrade to a revision below the current one is refused before anything runs (exit 2)."""
+    from .steps.migrate import going_back
+
+    for step in steps:
+        if step.kind in ("upgrade", "rehearse"):
+            refusal = going_back(ctx.migrations, ctx.start, ctx.options.to or step.params.to, ctx.env.name)
+            if refusal is not None:
+                raise refusal

@@ -15,6 +15,7 @@ from typing import Callable
 
 from .errors import ConfigError
 from .lint.command import project
+from .shipped import in_checkout, is_example
 
 SKELETON = """\
 # Checks that hold once {rev} ({message}) is applied: `runbook ENV migrate` runs them after the
@@ -47,6 +48,9 @@ def create(inventory_path: Path, config: str | None, message: str, *, rev_id: st
     if not message.strip():
         raise ConfigError("the revision needs a message (runbook revision \"add collection slugs\")")
     migrations = project(inventory_path, config)
+    if is_example(migrations.ini) and not in_checkout():  # never into an installed runbook's files
+        raise ConfigError("no Alembic project here: run runbook revision next to your alembic.ini "
+                          "(or pass --config PATH/alembic.ini)", hint="runbook init writes an inventory for it")
     migrations.script  # a project that does not load: one line, exit 2, nothing written
     if rev_id is not None and rev_id in {r.revision for r in migrations.script.walk_revisions()}:
         raise ConfigError(f"revision {rev_id} exists already", path=str(migrations.ini))

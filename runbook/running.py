@@ -17,12 +17,24 @@ import click
 from .planning import READ_ONLY, Plan, _plan
 
 def _say(options: Any, text: str, *, err: bool = False) -> None:
+    """A line for a person; with ``--json`` a ``message`` object on stdout (docs/events.md)."""
     if options.json:
-        import json
+        from .log import machine_line
 
-        click.echo(json.dumps({"event": "message", "text": text}), err=False)
+        click.echo(machine_line({"event": "message", "text": text}))
     else:
         click.echo(text, err=err)
+
+
+def error_object(exc: Any, code: int | None = None) -> dict[str, Any]:
+    """An error as ``--json`` prints it: the exit code, the error (one line, no ``runbook: error:``
+    prefix) and the hint (the command to run next, or null). ``exc`` may be a plain message."""
+    from .outcome import USAGE
+
+    exit_code = code if code is not None else int(getattr(exc, "exit_code", USAGE))
+    hint = getattr(exc, "hint", None)
+    return {"event": "error", "exit_code": exit_code, "error": log_safe(str(exc)),
+            "hint": log_safe(hint) if hint else None}
 
 
 def execute(inventory_path: Path, env_name: str, playbook_name: str, options: Any,
@@ -73,9 +85,19 @@ def execute(inventory_path: Path, env_name: str, playbook_name: str, options: An
         except interrupts.Interrupted as exc:  # before anything was touched
             from .outcome import REFUSED
 
-            _say(options, f"runbook: {exc} before anything was touched", err=True)
+            _interrupted(options, exc)
             return REFUSED
         return _run(plan, options, argv or [], sleep)
+
+
+def _interrupted(options: Any, exc: Any) -> None:
+    from .outcome import REFUSED
+
+    text = f"{exc} before anything was touched"
+    if options.json:
+        _error(options, text, REFUSED)
+    else:
+        _say(options, f"runbook: {text}", err=True)
 
 
 def _signal_ignored(name: str, why: str) -> None:
@@ -85,7 +107,14 @@ def _signal_ignored(name: str, why: str) -> None:
                                             hint="SIGKILL is the only way to abandon a rollback")
 
 
-def _error(options: Any, exc: Any) -> None:
+def _error(options: Any, exc: Any, code: int | None = None) -> None:
+    """runbook's error lines (``runbook: error:``, ``runbook: next:``) on stderr; with ``--json``
+    one ``error`` object on stdout instead (``code``: the exit code of a plain message)."""
+    if options.json:
+        from .log import machine_line
+
+        click.echo(machine_line(error_object(exc, code)))
+        return
     text = log_safe(f"runbook: error: {exc}")
     _say(options, text, err=True)
     if getattr(exc, "hint", None):
@@ -149,9 +178,11 @@ def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
                 _after(env, jr.record, jr.log_path, code, str(exc), getattr(exc, "hint", None), started)
                 RUN_LOG.close()
                 if isinstance(exc, interrupts.Interrupted):
-                    _say(options, f"runbook: {exc} before anything was touched", err=True)
+                    _interrupted(options, exc)
                 else:
                     _error(options, exc)
+                if options.json:  # a run ends with its summary, whatever ended it
+                    _report(options, Outcome(code, status, str(exc), getattr(exc, "hint", None)), jr)
                 return code
         except BaseException as exc:
             # A bug: the database was not read back, so "as before" cannot be promised (exit 3).
@@ -218,13 +249,10 @@ def _refused(env: Any, pb: Any, playbook_name: str, exc: Any) -> None:
 def _report(options: Any, outcome: Any, jr: Any) -> None:
     """The last lines a person (or cron's mail) reads; a fleet's start with its summary table."""
     summary = getattr(outcome, "summary", None)
-    if options.json:
-        if summary is not None:  # one object: what each host did, for jq and CI
-            import json
+    if options.json:  # one object, the last line: what the run did, for jq and CI
+        from .log import machine_line
 
-            from .log import REDACTOR
-
-            click.echo(json.dumps(REDACTOR.scrub({"event": "summary", "run_id": jr.run_id, **summary}), default=str))
+        click.echo(machine_line(summary_object(outcome, jr)))
         return
     stream_err = outcome.code != 0
     if summary is not None:
@@ -244,3 +272,35 @@ def log_safe_lines(text: str) -> str:
     from .log import REDACTOR
 
     return str(REDACTOR.scrub(text))
+
+
+def summary_object(outcome: Any, jr: Any) -> dict[str, Any]:
+    """The ``summary`` object ending a run's ``--json`` output (docs/events.md): the outcome, the
+    next command, the run log, and one row per host (a fleet's adds how it ran)."""
+    record = jr.record
+    out: dict[str, Any] = {"event": "summary", "run_id": jr.run_id, "env": record.get("env"),
+                           "playbook": record.get("playbook"), "exit_code": outcome.code,
+                           "status": outcome.status, "message": log_safe(outcome.message),
+                           "next": log_safe(outcome.next_command) if outcome.next_command else None,
+                           "log": str(jr.log_path), "fleet": False}
+    fleet = getattr(outcome, "summary", None)
+    if fleet is not None:
+        out.update({**fleet, "exit_code": outcome.code, "fleet": True})
+        return out
+    rows = []
+    for name, rec in (record.get("hosts") or {}).items():
+        rows.append({"host": name, "from": rec.get("start_revision"), "to": rec.get("end_revision"),
+                     "outcome": outcome.status, "exit_code": outcome.code,
+                     "duration_s": _seconds(rec.get("started"), rec.get("finished")),
+                     "backup": (rec.get("backup") or {}).get("backup_path"), "message": log_safe(outcome.message)})
+    out.update(hosts=rows, not_run=[])
+    return out
+
+
+def _seconds(started: Any, finished: Any) -> float | None:
+    from datetime import datetime
+
+    try:
+        return round((datetime.fromisoformat(str(finished)) - datetime.fromisoformat(str(started))).total_seconds(), 3)
+    except ValueError:
+        return None

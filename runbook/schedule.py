@@ -23,7 +23,6 @@ What the units promise, and why:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -251,7 +250,9 @@ def command(inventory_path: Path, env_name: str, args: tuple[str, ...], options:
     sched = build(inv, env, args[0], options, today)
     installed = install(sched) if options.install else None
     if options.json:
-        echo(json.dumps(as_json(sched, installed), indent=2))
+        from .log import machine_line
+
+        echo(machine_line({"event": "schedule", **as_json(sched, installed)}))  # one line
         return 0
     render_text(sched, echo)
     if installed is None:

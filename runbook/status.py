@@ -8,7 +8,6 @@ transactions right now. Read-only: it takes no run lock, so it works while a mig
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import Any
 
 import click
@@ -119,7 +118,9 @@ def render(plan: Any, options: Any) -> int:
     report = {"env": env.name, "hosts": [host_status(viewer, h) for h in env.hosts],
               "runs": runs_summary(env)}
     if options.json:
-        click.echo(json.dumps({"event": "status", **report}, default=str))
+        from .log import machine_line
+
+        click.echo(machine_line({"event": "status", **report}))
         return 0
     lines = [f"Environment {env.name}"]
     for hs in report["hosts"]:

@@ -30,7 +30,7 @@ def _migrate_with_pause(project: Project, seconds: float) -> None:
     import io
 
     yaml = YAML(typ="safe")
-    shipped = yaml.load((ROOT / "playbooks" / "migrate.yaml").read_text())
+    shipped = yaml.load((ROOT / "runbook" / "playbooks" / "migrate.yaml").read_text())
     at = shipped["steps"].index("check_locks")
     shipped["steps"].insert(at, {"shell": {"command": f"sleep {seconds}"}})
     out = io.StringIO()

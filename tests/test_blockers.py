@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from ruamel.yaml import YAML
 
-from tests.fixtures.project import ROOT, AppLoad, Project, dump_yaml
+from tests.fixtures.project import PLAYBOOKS, AppLoad, Project, dump_yaml
 
 LOCK_TIMEOUT = 1.0
 
@@ -155,7 +155,7 @@ def _playbook_with_pause(project: Project) -> None:
     An application transaction that starts in that gap is one the pre-flight could not see: only
     the upgrade's lock_timeout retries protect the application from it.
     """
-    shipped = YAML(typ="safe").load((ROOT / "playbooks" / "migrate.yaml").read_text())
+    shipped = YAML(typ="safe").load((PLAYBOOKS / "migrate.yaml").read_text())
     at = shipped["steps"].index("check_locks")
     shipped["steps"].insert(at + 1, {"shell": {"command": "sleep 1.5"}})
     project.write_playbook("migrate", dump_yaml(shipped))

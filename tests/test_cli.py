@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.project import PASSWORD_ENV, ROOT, Project, dump_yaml
+from tests.fixtures.project import PASSWORD_ENV, PLAYBOOKS, Project, dump_yaml
 
 
 def cli(project: Project, *args: str, yes: bool = True, password: bool = True,
@@ -91,7 +91,7 @@ def test_unknown_playbook(at_0001: tuple[Project, object]) -> None:
     """An unknown playbook lists the available ones and where it looked."""
     project, before = at_0001
     line = refused(project, before, cli(project, "prod", "migrat"))
-    assert "unknown playbook 'migrat'" in line and "migrate" in line and str(ROOT / "playbooks") in line
+    assert "unknown playbook 'migrat'" in line and "migrate" in line and str(PLAYBOOKS) in line
 
 
 def test_missing_database_name(at_0001: tuple[Project, object]) -> None:
@@ -175,10 +175,12 @@ def test_default_inventory_is_in_the_current_directory(at_0001: tuple[Project, o
     result = subprocess.run([sys.executable, "-m", "runbook", "prod", "migrate"], cwd=elsewhere, env=env,
                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "Traceback" not in result.stderr
+    # no inventory.yaml (nor alembic.ini) there: the built-in example's inventory, which has no prod
     assert result.stderr.strip().splitlines() == [
-        f"runbook: error: {elsewhere / 'inventory.yaml'}: inventory not found",
-        "runbook: next: pass --inventory PATH or set RUNBOOK_INVENTORY"]
-    assert project.state() == before
+        "runbook: error: unknown environment 'prod': there is no inventory.yaml here, and the built-in "
+        "example defines only: local",
+        "runbook: next: runbook init writes an inventory.yaml for the Alembic project here"]
+    assert project.state() == before and os.listdir(elsewhere) == []
 
 
 def test_help_lists_the_exit_codes() -> None:

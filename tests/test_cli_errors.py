@@ -299,7 +299,7 @@ def folder(tmp_path: Path) -> Path:
 
 
 def test_completion_of_environments_playbooks_revisions_backups(folder: Path) -> None:
-    assert complete("runbook ", folder) == ["production", "staging", "lint", "revision"]
+    assert complete("runbook ", folder) == ["production", "staging", "lint", "revision", "init"]
     assert complete("runbook st", folder) == ["staging"]
     playbooks = complete("runbook staging ", folder)
     assert playbooks[:4] == ["status", "checklist", "history", "schedule"]
@@ -316,9 +316,11 @@ def test_completion_of_environments_playbooks_revisions_backups(folder: Path) ->
 def test_completion_follows_the_inventory_option(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     other = tmp_path_factory.mktemp("other") / "ops.yaml"
     other.write_text(dump_yaml({"environments": {"eu-west": {"embedded": True}}}))
-    assert complete(f"runbook --inventory {other} ", folder) == ["eu-west", "lint", "revision"]
+    assert complete(f"runbook --inventory {other} ", folder) == ["eu-west", "lint", "revision", "init"]
     assert complete(f"runbook -i {other} e", folder) == ["eu-west"]
-    assert complete("runbook ", folder / "playbooks") == ["lint", "revision"]  # no inventory here: no error
+    # no inventory.yaml (nor alembic.ini) here: the built-in example's, as a command would use
+    assert complete("runbook ", folder / "playbooks") == ["local", "lint", "revision", "init"]
+    assert complete("runbook --inventory missing.yaml ", folder) == ["lint", "revision", "init"]  # no error
 
 
 @pytest.mark.parametrize(("shell", "marker"), [("bash", "complete -o nosort -F"), ("zsh", "compdef"),

@@ -16,7 +16,7 @@ from sqlalchemy.pool import NullPool
 from runbook.embedded import sample_data_sql
 from tests.fixtures.pg import PgDatabase
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent / "runbook" / "example"  # the example application
 SAMPLE_COUNTS = {"collections": 6, "documents": 20, "chunks": 60}
 
 

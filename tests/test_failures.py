@@ -17,7 +17,7 @@ import pytest
 
 from ruamel.yaml import YAML
 
-from tests.fixtures.project import ROOT, Project, dump_yaml
+from tests.fixtures.project import PLAYBOOKS, Project, dump_yaml
 
 # 0003: a column, a row and fewer chunks, so that a rollback has schema and data to undo.
 UP_0003 = """
@@ -146,7 +146,7 @@ def test_downgrade_that_leaves_the_start_unverified_restores(project: Project) -
 
 def _corrupt_playbook(project: Project, command: str) -> None:
     """The shipped migrate playbook plus a step after the upgrade that damages the run's backup."""
-    shipped = YAML(typ="safe").load((ROOT / "playbooks" / "migrate.yaml").read_text())
+    shipped = YAML(typ="safe").load((PLAYBOOKS / "migrate.yaml").read_text())
     at = next(i for i, s in enumerate(shipped["steps"]) if isinstance(s, dict) and "upgrade" in s)
     shipped["steps"].insert(at + 1, {"shell": {"command": command}})
     shipped["description"] = "migrate, with a disk fault on the backup volume after the upgrade"

@@ -528,8 +528,8 @@ def second_db(project: Project) -> Iterator[PgDatabase]:
 def _at_0001(project: Project, db: PgDatabase) -> None:
     """``db`` at 0001 with the example data (the example app's migrations, or the project's own)."""
     from runbook.embedded import sample_data_sql
-    from tests.fixtures.project import ROOT
+    from tests.fixtures.project import EXAMPLE
 
     ini = project.dir / "app" / "alembic.ini"
-    _upgrade(db, ini if ini.exists() else ROOT / "alembic.ini", "0001")
+    _upgrade(db, ini if ini.exists() else EXAMPLE / "alembic.ini", "0001")
     db.psql(sample_data_sql())

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 from runbook import runner
 
-from tests.fixtures.project import Project
+from tests.fixtures.project import Project, held_until_removed
 
 LOCK_SQL = ("SELECT a.pid, a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
             "WHERE l.locktype = 'advisory' AND l.classid = x'72756E62'::int AND l.objid = 1 "
@@ -58,7 +59,13 @@ def _wait_for_upgrade(project: Project, proc: subprocess.Popen[str], timeout: fl
 def test_second_run_is_refused_while_the_first_runs(project: Project) -> None:
     """While one run migrates, a second exits 4 naming the first (run id, host, pid, start) and takes no backup."""
     project.start_at_0002()
-    project.add_revision("0003", "0002", SLOW_0003, 'op.drop_column("collections", "slug")')
+    # The upgrade lasts until the second run has ended (a fixed sleep could end first on a busy machine).
+    marker = project.dir / "hold"
+    marker.touch()
+    project.add_revision("0003", "0002",
+                         'op.add_column("collections", sa.Column("slug", sa.Text(), nullable=True))\n'
+                         + textwrap.dedent(held_until_removed(marker)),
+                         'op.drop_column("collections", "slug")')
     first = project.start("prod", "migrate")
     try:
         _wait_for_upgrade(project, first)
@@ -66,6 +73,7 @@ def test_second_run_is_refused_while_the_first_runs(project: Project) -> None:
         logs_before = set(project.run_logs())
 
         second = project.run("prod", "migrate")
+        marker.unlink()
 
         out, err = first.communicate(timeout=120)
     finally:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runbook import inventory
+from runbook import inventory, shipped
 from runbook.errors import ConfigError
 from runbook.units import parse_duration, pg_ms
 
@@ -175,7 +175,8 @@ def test_home_and_absolute_paths_are_kept(tmp_path: Path, monkeypatch: pytest.Mo
 def test_default_alembic_config_is_the_example_application(tmp_path: Path) -> None:
     """Without alembic.config and no alembic.ini beside the inventory, the example application is used."""
     env = inventory.load(write(tmp_path, MINIMAL)).environment("prod", environ={})
-    assert env.alembic_ini == inventory.project_root() / "alembic.ini"
+    assert env.alembic_ini == shipped.example_alembic_ini()
+    assert env.alembic_ini.is_file() and env.alembic_ini.parent.parent.name == "runbook"  # inside the package
 
 
 def test_missing_alembic_config_names_key_and_line(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from runbook.lint import command
 from runbook.lint.rules import RULES
 from runbook.outcome import LINT_FINDINGS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1] / "runbook" / "example"  # the example application
 DOWN = 'op.execute("SELECT 1")'  # a downgrade that is not empty: missing-downgrade stays quiet
 CHECKS = "- name: alembic_version records {rev}\n  sql: SELECT string_agg(version_num, ',') FROM alembic_version\n" \
          "  expect: \"{rev}\"\n"

@@ -67,14 +67,16 @@ def test_migrate_to_named_revision(project: Project) -> None:
 
 
 def test_json_output_is_json_lines(project: Project) -> None:
-    """--json writes one JSON object per stdout line, ending with run_finished."""
+    """--json writes one JSON object per stdout line: run_finished, then the run's summary last."""
     import json
 
     project.upgrade_to("0001")
     result = project.run("--json", "prod", "migrate")
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
-    assert lines[-1]["event"] == "run_finished" and lines[-1]["exit_code"] == 0
+    assert lines[-2]["event"] == "run_finished" and lines[-2]["exit_code"] == 0
+    assert lines[-1]["event"] == "summary" and lines[-1]["exit_code"] == 0 and lines[-1]["hosts"][0]["to"] == "0002"
+    assert all(e["schema_version"] == 1 for e in lines)
     assert any(e["event"] == "step_finished" and e["step"] == "backup" for e in lines)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from runbook import playbook
 from runbook.errors import ConfigError
-from runbook.inventory import project_root
+from runbook.shipped import package_dir, playbooks_dir
 from runbook.playbook import Step
 
 
@@ -29,7 +29,7 @@ def error_of(path: Path) -> ConfigError:
 
 def test_shipped_migrate_playbook() -> None:
     """The shipped migrate playbook: backup, check_locks, upgrade head, verify; downgrade then restore."""
-    pb = playbook.load(playbook.find("migrate", project_root()))
+    pb = playbook.load(playbook.find("migrate", package_dir()))
     assert pb.name == "migrate" and pb.description
     assert [s.kind for s in pb.steps][:4] == ["backup", "check_locks", "upgrade", "verify"]
     assert pb.steps[2].params.to == "head"
@@ -100,7 +100,7 @@ def test_playbooks_next_to_the_inventory_win(tmp_path: Path) -> None:
     """A playbooks/ folder beside the inventory overrides the shipped playbook of the same name."""
     own = write(tmp_path / "playbooks", "steps: [verify]\n", "migrate.yml")
     assert playbook.find("migrate", tmp_path) == own
-    assert playbook.find("migrate", tmp_path / "elsewhere") == project_root() / "playbooks" / "migrate.yaml"
+    assert playbook.find("migrate", tmp_path / "elsewhere") == playbooks_dir() / "migrate.yaml"
 
 
 def test_unknown_playbook_lists_what_exists(tmp_path: Path) -> None:

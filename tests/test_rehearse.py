@@ -28,7 +28,7 @@ from psycopg import sql
 from runbook import embedded, rehearsal
 from tests.fixtures.faults import assert_nothing_left, finish, journal, newest_run_id, wait_for_host_process
 from tests.fixtures.pg import PgServer
-from tests.fixtures.project import ROOT, Project
+from tests.fixtures.project import EXAMPLE, Project
 
 SLUG_AND_NOTE = """
 op.add_column("collections", sa.Column("slug", sa.Text(), nullable=True))
@@ -131,7 +131,7 @@ def test_rehearsal_of_the_example_migrations_passes_and_touches_nothing(project:
     assert done["outcome"] == "passed" and done["dropped"] is True
     assert done["database"] == rehearsal.scratch_name(project.db.name, run_id)
     assert set(done["estimate"]) == {"backup_s", "upgrade_s", "verify_s", "downgrade_s"}
-    source = (ROOT / "alembic" / "versions" / "0002_require_collection_description.py").read_bytes()
+    source = (EXAMPLE / "alembic" / "versions" / "0002_require_collection_description.py").read_bytes()
     assert done["sources"] == {"0002": hashlib.sha256(source).hexdigest()}
     [backup] = project.backups()
     assert done["backup"] == str(backup)  # no backup existed: one was taken, and it is an ordinary one

@@ -56,10 +56,11 @@ def test_keep_counts_every_run_and_a_migrate_prunes_too(project: Project) -> Non
     project.write_inventory(backup={"dir": str(project.backup_dir), "keep": 1})
     project.upgrade_to("0001")
     assert project.run("prod", "migrate", "--to", "0001").returncode == 0  # nothing to migrate
-    first = project.backups()
-    assert len(first) == 1
-    # a no-op migrate is no "last successful migrate": its backup is not protected
+    assert project.backups() == [], "nothing pending: no backup taken (tests/test_nothing_pending.py)"
+    first = _backup(project)
+    # a no-op migrate is no "last successful migrate": it protects no backup
     second = _backup(project)
+    assert not first.exists()
     assert _files(project) == _with_checksums(second)
 
     before = set(project.backups())

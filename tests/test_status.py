@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.fixtures.project import Project
+from tests.fixtures.project import Project, held_until_removed
 
 
 def _status_json(project: Project) -> dict[str, Any]:
@@ -134,13 +134,16 @@ def test_status_shows_a_lock_holder(project: Project) -> None:
 
 def test_status_shows_the_run_lock_of_a_run_in_progress(project: Project) -> None:
     """While a migrate runs, status (which takes no lock itself) names the run holding the run lock."""
-    project.add_revision("0003", "0002", 'op.execute("SELECT pg_sleep(3)")', doc="a slow data migration")
+    marker = project.dir / "hold"
+    marker.touch()
+    project.add_revision("0003", "0002", held_until_removed(marker), doc="a slow data migration")
     project.start_at_0002()
     proc = project.start("prod", "migrate")
     try:
         started = project.wait_event("run_started", proc=proc, timeout=60)
         report = _status_json(project)
     finally:
+        marker.unlink(missing_ok=True)
         out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     lock = report["hosts"][0]["run_lock"]

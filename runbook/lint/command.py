@@ -78,9 +78,9 @@ def project(inventory_path: Path, config: str | None) -> Migrations:
     here = Path("alembic.ini")
     if here.is_file():
         return Migrations(here.resolve())
-    from ..inventory import project_root
+    from ..shipped import example_alembic_ini
 
-    return Migrations(project_root() / "alembic.ini")
+    return Migrations(example_alembic_ini())
 
 
 def choose(migrations: Migrations, spec: str | None, inventory_path: Path) -> tuple[list[Revision], str]:

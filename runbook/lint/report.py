@@ -7,7 +7,6 @@ the message are escaped as the runner expects (``%``, CR, LF; ``:`` and ``,`` in
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Sequence
 
@@ -58,9 +57,11 @@ def text(revisions: Sequence[Any], findings: Sequence[Finding], fail_on: str, co
 
 def as_json(revisions: Sequence[Any], findings: Sequence[Finding], fail_on: str, code: int,
             unrenderable: dict[str, str]) -> str:
-    return json.dumps({"event": "lint", "revisions": [r.id for r in revisions], "fail_on": fail_on,
-                       "exit_code": code, "counts": counts(findings), "unrenderable": unrenderable,
-                       "findings": [f.fact() for f in findings]})
+    from ..log import machine_line  # the --json contract's version, as every JSON line runbook prints
+
+    return machine_line({"event": "lint", "revisions": [r.id for r in revisions], "fail_on": fail_on,
+                         "exit_code": code, "counts": counts(findings), "unrenderable": unrenderable,
+                         "findings": [f.fact() for f in findings]})
 
 
 def _escape(value: str, prop: bool = False) -> str:

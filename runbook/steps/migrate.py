@@ -108,6 +108,58 @@ def pending_at_start(ctx: Context, params: Any) -> tuple[str, tuple[str, ...], l
     return target, current, pending, {"from": fmt(current), "to": fmt(want), "pending": [r.id for r in pending]}
 
 
+def going_back(migrations: Any, current: tuple[str, ...], target: str, env: str) -> ConfigError | None:
+    """An upgrade whose target is below the current revision: a migrate only goes forward.
+
+    Without this, Alembic refuses it only once the backup is taken ("cannot plan an upgrade"),
+    and ``--to base`` looked like nothing to do. Going back is ``rollback --to REV``: it says what
+    the downgrade destroys and asks first. Returns the refusal (exit 2, nothing touched), or None.
+    """
+    if not current:
+        return None
+    want = migrations.resolve(target)
+    older = not want
+    if not older:
+        try:
+            migrations.pending(current, target)
+            return None
+        except MigrationError:  # not above the current revision: below it, or on another branch
+            try:
+                older = bool(migrations.to_undo(current, want))
+            except MigrationError:
+                return None  # unrelated branches: the upgrade's own error says so
+    if not older:
+        return None
+    return ConfigError(f"migrate --to {target}: {fmt(want) or 'base'} is below the current revision "
+                       f"{fmt(current)}; a migrate only goes forward: nothing was done",
+                       hint=f"runbook {env} rollback --to {target}")
+
+
+# Steps that change nothing when no revision is pending: a run of only these skips its backup.
+_IDLE_WITHOUT_PENDING = frozenset({"backup", "check_locks", "upgrade", "verify", "prune", "rehearse"})
+# What a run with nothing pending skips: the dump protects a change that will not happen, the lock
+# pre-flight looks for sessions a DDL would wait on, and there is no DDL. verify still runs (it is
+# how a no-op run says the database is as it should be); prune too (a lowered ``keep`` applies).
+NEEDLESS_WITHOUT_PENDING = ("backup", "check_locks")
+
+
+def needless(ctx: Context, steps: Any) -> dict[str, str]:
+    """The steps this run skips, each with its reason: nothing is pending from the start revision
+    to any upgrade's target, and no other step of the playbook could change the database."""
+    kinds = {s.kind for s in steps}
+    upgrades = [s for s in steps if s.kind == "upgrade"]
+    if not upgrades or not kinds <= _IDLE_WITHOUT_PENDING:
+        return {}
+    for step in upgrades:
+        try:
+            if ctx.migrations.pending(ctx.start, ctx.options.to or step.params.to):
+                return {}
+        except Exception:  # noqa: BLE001 - the upgrade step itself reports it (after its backup)
+            return {}
+    reason = f"nothing pending: {ctx.database.name} is at {fmt(ctx.start)}, the target"
+    return {kind: reason for kind in NEEDLESS_WITHOUT_PENDING}
+
+
 def upgrade(ctx: Context, params: Any) -> dict[str, Any]:
     target, current, pending, facts = pending_at_start(ctx, params)
     want = ctx.migrations.resolve(target)

@@ -74,8 +74,8 @@ def last_migrate(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
             continue
         if data.get("status") == journal.RUNNING and not record.incomplete:
             continue  # still running: the run lock refuses this rollback anyway
-        if rec.get("end_revision") == rec["start_revision"]:
-            continue
+        if rec.get("end_revision") == rec["start_revision"] or data.get("status") == "refused":
+            continue  # a refused run touched nothing (it may have ended before recording its end)
         return data, rec
     return None
 
