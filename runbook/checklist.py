@@ -48,7 +48,10 @@ def check_names(names: Any, where: str = "--override") -> None:
 
     for name in names:
         if name not in LINES:
-            raise ConfigError(f"{where}: '{name}' is no line of the checklist (one of {', '.join(LINES)})")
+            from .suggest import did_you_mean
+
+            raise ConfigError(f"{where}: '{name}' is no line of the checklist{did_you_mean(name, LINES)} "
+                              f"(one of {', '.join(LINES)})")
 
 
 def max_age(env: Any) -> float:

@@ -340,12 +340,15 @@ class Inventory:
         """An environment's keys as written (no host resolved, no password read)."""
         envs = self.file.environments
         if name not in envs:
+            from .suggest import did_you_mean
+
             known = ", ".join(sorted(envs)) or "none"
             if self.builtin:
-                raise ConfigError(f"unknown environment '{name}': there is no inventory.yaml here, and the "
-                                  f"built-in example defines only: {known}",
+                raise ConfigError(f"unknown environment '{name}'{did_you_mean(name, envs)}: there is no "
+                                  f"inventory.yaml here, and the built-in example defines only: {known}",
                                   hint="runbook init writes an inventory.yaml for the Alembic project here")
-            raise ConfigError(f"unknown environment '{name}' (defined: {known})", path=str(self.path))
+            raise ConfigError(f"unknown environment '{name}'{did_you_mean(name, envs)} (defined: {known})",
+                              path=str(self.path))
         return envs[name]
 
     @property
@@ -377,7 +380,7 @@ class Inventory:
                         where = [*prefix, "database"]
                     elif not cfg.database:
                         where = host_where
-                    raise yamlfile.config_error(exc, self.tree, self.path, where) from None
+                    raise yamlfile.config_error(exc, self.tree, self.path, where, model=DatabaseConfig) from None
                 password = None
                 if dbc.password_env:
                     password = environ.get(dbc.password_env)
@@ -462,5 +465,5 @@ def load(path: Path) -> Inventory:
     try:
         parsed = InventoryFile.model_validate(tree)
     except ValidationError as exc:
-        raise yamlfile.config_error(exc, tree, path) from None
+        raise yamlfile.config_error(exc, tree, path, model=InventoryFile) from None
     return Inventory(path, tree, parsed, builtin)

@@ -180,10 +180,23 @@ class MigrationBackend(abc.ABC):
         try:
             revs = self.revision_map.get_revisions(target)
         except Exception as exc:  # Alembic's RevisionError family, or CommandError
-            raise ConfigError(f"unknown or ambiguous revision '{target}': {exc}") from None
+            raise ConfigError(f"unknown or ambiguous revision '{target}'{self._suggest(target)} "
+                              f"(Alembic: {exc})") from None
         if not revs:
-            raise ConfigError(f"unknown revision '{target}'")
+            raise ConfigError(f"unknown revision '{target}'{self._suggest(target)}")
         return tuple(sorted(r.revision for r in revs if r is not None))
+
+    def _suggest(self, target: str) -> str:
+        """"; did you mean '0002'?" for a mistyped revision (ids, branch labels, head/heads/base)."""
+        from .suggest import did_you_mean
+
+        try:
+            revs = [r for r in self.revision_map.iterate_revisions("heads", "base") if r is not None]
+        except Exception:
+            return ""
+        names = ["head", "heads", "base", *(r.revision for r in revs),
+                 *(label for r in revs for label in (r.branch_labels or ()))]
+        return did_you_mean(target, names)
 
     def pending(self, current: Iterable[str], target: str) -> list[Revision]:
         """The revisions an upgrade from ``current`` to ``target`` applies, in order."""

@@ -134,7 +134,11 @@ def find(name: str, inventory_dir: Path) -> Path:
             if candidate.is_file():
                 return candidate
     known = sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.y*ml")})
-    raise ConfigError(f"unknown playbook '{name}' (available: {', '.join(known) or 'none'}; "
+    from .suggest import did_you_mean
+
+    builtin = ("status", "checklist", "history", "schedule")
+    raise ConfigError(f"unknown playbook '{name}'{did_you_mean(name, [*known, *builtin])} "
+                      f"(built in: {', '.join(builtin)}; playbooks: {', '.join(known) or 'none'}; "
                       f"looked in {', '.join(str(d) for d in dirs)})")
 
 
@@ -156,7 +160,7 @@ def _step(entry: Any, tree: Any, path: Path, loc: list[Any]) -> Step:
     try:
         params = PARAMS[kind].model_validate(dict(raw))
     except ValidationError as exc:
-        raise yamlfile.config_error(exc, tree, path, [*loc, kind] if raw else loc) from None
+        raise yamlfile.config_error(exc, tree, path, [*loc, kind] if raw else loc, model=PARAMS[kind]) from None
     return Step(kind, params, line)
 
 

@@ -25,7 +25,7 @@ def load_file(path: Path) -> list[CheckConfig]:
     try:
         checks = _CHECKS.validate_python(tree)
     except ValidationError as exc:
-        raise yamlfile.config_error(exc, tree, path) from None
+        raise yamlfile.config_error(exc, tree, path, model=list[CheckConfig]) from None
     for i, check in enumerate(checks):
         validate(check, str(path), yamlfile.line_of(tree, [i]))
     return checks

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, get_args, get_origin
 
 from .errors import ConfigError
 
@@ -75,8 +75,11 @@ def dotted(loc: Sequence[Any]) -> str:
     return out
 
 
-def config_error(exc: Any, tree: Any, path: Path, prefix: Sequence[Any] = ()) -> ConfigError:
-    """Turn the first error of a pydantic ValidationError into one located ConfigError."""
+def config_error(exc: Any, tree: Any, path: Path, prefix: Sequence[Any] = (), model: Any = None) -> ConfigError:
+    """Turn the first error of a pydantic ValidationError into one located ConfigError: the one
+    place pydantic's wording is translated (its "Value error, " prefix, model names and location
+    tuples never reach the user). ``model`` (the type validated) lets an unknown key suggest the
+    known one it is closest to."""
     err = exc.errors()[0]
     loc = [*prefix, *[k for k in err["loc"] if not (isinstance(k, str) and k.startswith("function-"))]]
     # pydantic puts union-member tags and model names in loc; keep only keys that exist
@@ -94,12 +97,59 @@ def config_error(exc: Any, tree: Any, path: Path, prefix: Sequence[Any] = ()) ->
         elif err["type"] == "extra_forbidden" and key == loc[-1]:
             clean.append(key)
     msg = re.sub(r" or instance of \w+", "", err["msg"])  # pydantic's model names mean nothing to a user
+    msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)  # a validator's own ValueError text
     kind = err["type"]
     where = dotted(clean) or "top level"
     if kind == "missing":
         text = f"missing key '{clean[-1] if clean else where}' in {dotted(clean[:-1]) or 'top level'}"
     elif kind == "extra_forbidden":
-        text = f"unknown key '{clean[-1]}' in {dotted(clean[:-1]) or 'top level'}"
+        from .suggest import did_you_mean
+
+        known = known_keys(model, [k for k in err["loc"] if not (isinstance(k, str) and k.startswith("function-"))][:-1])
+        text = f"unknown key '{clean[-1]}' in {dotted(clean[:-1]) or 'top level'}{did_you_mean(str(clean[-1]), known)}"
     else:
         text = f"{where}: {msg}"
     return ConfigError(text, path=str(path), line=line_of(tree, clean))
+
+
+def known_keys(model: Any, loc: Sequence[Any]) -> list[str]:
+    """The keys the pydantic type ``model`` accepts at ``loc`` (a pydantic error's location, relative
+    to ``model``): followed through optional, union, list and dict types; [] when unknown."""
+    if model is None:
+        return []
+    types = _members(model)
+    for key in loc:
+        found: list[Any] = []
+        named = [t for t in types if isinstance(key, str) and getattr(t, "__name__", None) == key]
+        if named:  # a union member's tag in the location, not a key
+            types = named
+            continue
+        for t in types:
+            fields = getattr(t, "model_fields", None)
+            if fields is not None and isinstance(key, str):
+                for name, info in fields.items():
+                    if key in (name, info.alias):
+                        found.extend(_members(info.annotation))
+            elif get_origin(t) in (list, tuple) and isinstance(key, int):
+                found.extend(m for arg in get_args(t)[:1] for m in _members(arg))
+            elif get_origin(t) is dict and isinstance(key, str):
+                found.extend(m for arg in get_args(t)[1:2] for m in _members(arg))
+        types = found
+    out: list[str] = []
+    for t in types:
+        for name, info in (getattr(t, "model_fields", None) or {}).items():
+            out.append(info.alias or name)
+    return out
+
+
+def _members(tp: Any) -> list[Any]:
+    """``tp`` itself, or the members of a union / Optional / Annotated."""
+    import types as pytypes
+    from typing import Annotated, Union
+
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _members(get_args(tp)[0])
+    if origin is Union or origin is pytypes.UnionType:
+        return [m for arg in get_args(tp) for m in _members(arg)]
+    return [tp]

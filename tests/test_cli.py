@@ -114,7 +114,7 @@ def test_unknown_key_typo(at_0001: tuple[Project, object]) -> None:
     text = project.inventory.read_text().splitlines()
     lineno = next(i for i, t in enumerate(text, 1) if t.strip().startswith("databse:"))
     line = refused(project, before, cli(project, "prod", "migrate"))
-    assert line == f"{project.inventory}:{lineno}: unknown key 'databse' in environments.prod"
+    assert line == f"{project.inventory}:{lineno}: unknown key 'databse' in environments.prod; did you mean 'database'?"
 
 
 def test_password_variable_unset(at_0001: tuple[Project, object]) -> None:
@@ -202,7 +202,9 @@ def test_bad_command_line_exits_2(args: list[str]) -> None:
     result = subprocess.run([sys.executable, "-m", "runbook", *args], capture_output=True, text=True,
                             timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 2
-    assert "Traceback" not in result.stderr and "Error:" in result.stderr and result.stdout == ""
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("runbook: error: ") and lines[1].startswith("runbook: next: runbook "), lines
 
 
 def test_dry_run_shows_plan_sql_and_locks_and_changes_nothing(at_0001: tuple[Project, object]) -> None:

@@ -274,7 +274,8 @@ def test_errors_are_objects(project: Project, validator: Any) -> None:
     assert config.returncode == 2
     (err,) = lines_of(config, validator)
     assert err == {"schema_version": 1, "event": "error", "exit_code": 2,
-                   "error": "--restore only applies to the rollback playbook", "hint": None}
+                   "error": "--restore does not apply to migrate (it is an option of rollback)",
+                   "hint": "runbook prod migrate --help"}
 
     older = project.run("--json", "prod", "migrate", "--to", "0001")
     assert older.returncode == 2, older.stderr

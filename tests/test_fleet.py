@@ -468,10 +468,12 @@ def test_rollback_after_a_fleet_migrate_undoes_that_run_only(tenants: Tenants) -
 def test_fleet_flags_outside_runs_are_refused(tenants: Tenants) -> None:
     project = tenants.project
     cases = [
-        (("tenants", "status", "--parallel", "2"), "runbook: error: --parallel applies to runs, not to status"),
-        (("tenants", "history", "--shard", "1/2"), "runbook: error: --shard does not apply to history"),
+        (("tenants", "status", "--parallel", "2"), "runbook: error: --parallel does not apply to status "
+         "(it is an option of migrate, migrate-rehearsed, rehearse, rollback, backup, verify)"),
+        (("tenants", "history", "--shard", "1/2"), "runbook: error: --shard does not apply to history "
+         "(it is an option of migrate, migrate-rehearsed, rehearse, rollback, backup, verify, status, checklist)"),
         (("tenants", "rollback", "--rollback-all"),
-         "runbook: error: --rollback-all does not apply to rollback (it is for migrate and the like)"),
+         "runbook: error: --rollback-all does not apply to rollback (it is an option of migrate, migrate-rehearsed)"),
         (("tenants", "migrate", "--parallel", "0"), None),
     ]
     for args, line in cases:
@@ -479,7 +481,8 @@ def test_fleet_flags_outside_runs_are_refused(tenants: Tenants) -> None:
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert "Traceback" not in result.stderr
         if line is not None:
-            assert result.stderr.strip().splitlines() == [line], result.stderr
+            assert result.stderr.strip().splitlines() == [line, f"runbook: next: runbook {args[0]} {args[1]} --help"], \
+                result.stderr
     assert not project.run_logs()
     assert tenants.versions() == {n: {"0002"} for n in NAMES}
 

@@ -190,7 +190,7 @@ def test_unknown_key_names_key_and_line(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL.replace("    database:", "    databse:"))
     with pytest.raises(ConfigError) as caught:
         inventory.load(path)
-    assert str(caught.value) == f"{path}:6: unknown key 'databse' in environments.prod"
+    assert str(caught.value) == f"{path}:6: unknown key 'databse' in environments.prod; did you mean 'database'?"
 
 
 def test_missing_database_key_names_key_and_line(tmp_path: Path) -> None:

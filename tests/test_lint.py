@@ -282,7 +282,7 @@ def test_ignores_are_per_revision_and_by_name(app: App) -> None:
     app.revision("0004", "0003", '# runbook: ignore[ban-drop-colum]\nop.drop_column("documents", "metadata")')
     result = app.cli("lint", "--config", str(app.ini), "0002:head")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert ("0004_case.py:12: ignore comment: unknown lint rule 'ban-drop-colum' (did you mean ban-drop-column"
+    assert ("0004_case.py:12: ignore comment: unknown lint rule 'ban-drop-colum'; did you mean 'ban-drop-column'?"
             in result.stderr)
 
 

@@ -131,7 +131,7 @@ def test_unknown_parameter_names_file_line_and_key(tmp_path: Path) -> None:
     """A typo in a step's parameters names the key and the line."""
     path = write(tmp_path, "steps:\n  - backup\n  - upgrade:\n      too: head\n")
     err = error_of(path)
-    assert str(err) == f"{path}:4: unknown key 'too' in steps[1].upgrade"
+    assert str(err) == f"{path}:4: unknown key 'too' in steps[1].upgrade; did you mean 'to'?"
 
 
 def test_bad_condition_names_the_value(tmp_path: Path) -> None:

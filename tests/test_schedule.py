@@ -469,7 +469,8 @@ def test_schedule_needs_no_password(ops: Path) -> None:
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("runbook: error: "), result.stderr
+    assert lines and lines[0].startswith("runbook: error: "), result.stderr
+    assert all(line.startswith("runbook: next: ") for line in lines[1:]) and len(lines) <= 2, result.stderr
     return lines[0].removeprefix("runbook: error: ")
 
 
@@ -479,7 +480,8 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     ({"prod": environment(BERLIN)}, ["prod", "schedule", "nightly"], "unknown playbook 'nightly'"),
     ({"prod": environment(BERLIN)}, ["prod", "schedule", "rollback"], "is an incident rollback"),
     ({"prod": environment(BERLIN)}, ["prod", "schedule"], "schedule needs one PLAYBOOK"),
-    ({"prod": environment(BERLIN)}, ["--to", "0002", "prod", "schedule", "migrate"], "do not apply to schedule"),
+    ({"prod": environment(BERLIN)}, ["prod", "schedule", "migrate", "--to", "0002"],
+     "--to does not apply to schedule"),
     ({"local": {"embedded": True, "window": BERLIN}}, ["local", "schedule", "migrate"], "is embedded"),
     ({"prod": environment({**BERLIN, "reserve": "2h"})}, ["prod", "schedule", "migrate"],
      "the rollback reserve (2h, window.reserve) is not shorter than the maintenance window"),
@@ -510,7 +512,7 @@ def test_install_and_user_belong_to_schedule(ops: Path) -> None:
     """--install on a run is a usage error (exit 2) before anything is loaded."""
     write_inventory(ops, prod=environment(BERLIN))
     result = schedule(ops, "prod", "migrate", "--install")
-    assert result.returncode == 2 and "--install and --user only apply to" in result.stderr
+    assert result.returncode == 2 and "--install does not apply to migrate (it is an option of schedule)" in result.stderr
     result = schedule(ops, "prod", "migrate", "extra")
     assert result.returncode == 2 and "unexpected extra argument 'extra'" in result.stderr
 

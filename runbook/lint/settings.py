@@ -63,8 +63,10 @@ def load(folder: Path | None) -> Settings:
         raise ConfigError(f"{where} must be a table", path=str(path))
     unknown = sorted(set(table) - KEYS)
     if unknown:
-        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(KEYS))})",
-                          path=str(path))
+        from ..suggest import did_you_mean
+
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}'{did_you_mean(unknown[0], KEYS)} "
+                          f"(known: {', '.join(sorted(KEYS))})", path=str(path))
     out = Settings(path=path)
     out.disable = _rules(table.get("disable", []), f"{where} disable", path)
     out.enable = _rules(table.get("enable", []), f"{where} enable", path)
@@ -100,11 +102,10 @@ def _level(value: Any, where: str, path: Path) -> str:
 def check_rule(name: str, where: str, path: str | None = None, line: int | None = None) -> None:
     """An unknown rule name is a mistake (a typo would silently ignore nothing): exit 2."""
     if name not in RULES:
-        import difflib
+        from ..suggest import did_you_mean
 
-        close = difflib.get_close_matches(name, RULES, n=2)
-        hint = f" (did you mean {' or '.join(close)}?)" if close else " (runbook lint --rules lists them)"
-        raise ConfigError(f"{where}: unknown lint rule '{name}'{hint}", path=path, line=line)
+        raise ConfigError(f"{where}: unknown lint rule '{name}'{did_you_mean(name, RULES)} "
+                          "(runbook lint --rules lists them)", path=path, line=line)
 
 
 def ignores(source: str | None, path: str | None) -> set[str]:
