@@ -43,15 +43,16 @@ def colour_off(flag: bool = False) -> bool:
 
 def make(stream: TextIO | None = None, *, no_color: bool = False, tty: bool | None = None) -> Console:
     """A rich console on ``stream`` (stderr). Without colour: no style and no animation, so not a
-    single escape byte. Off a terminal (cron's mail, a file) lines are not wrapped unless COLUMNS
-    says so: one event, one line, for grep."""
+    single escape byte. Off a terminal (cron's mail, a file, a pipe) lines are never wrapped, even
+    with COLUMNS in the environment (pytest-xdist and some shells export it): one event, one line,
+    for grep."""
     stream = stream or sys.stderr
     try:
         tty = stream.isatty() if tty is None else tty
     except (AttributeError, ValueError):
         tty = False
     plain = colour_off(no_color)
-    width = None if tty or os.environ.get("COLUMNS", "").isdigit() else 4096
+    width = None if tty else 4096
     return Console(file=stream, force_terminal=tty and not plain, color_system=None if plain else "auto",
                    no_color=plain, width=width, highlight=False, markup=False, emoji=False,
                    soft_wrap=False, force_jupyter=False, force_interactive=tty and not plain)

@@ -149,7 +149,7 @@ def test_installed_runbook_from_an_empty_directory(installed: Path, empty_dirs: 
 
     second = run(installed, first_dir, "local", "migrate")
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "local/localhost: rag_memory at 0002: nothing to migrate, verified" in second.stdout + second.stderr
+    assert "local/localhost: rag_memory at 0002: nothing to migrate, no backup needed, verified" in second.stdout + second.stderr
     assert sorted(os.listdir(first_dir)) == [".runbook"], "the built-in example writes only under ./.runbook"
 
     app = make()
