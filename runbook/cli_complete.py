@@ -79,7 +79,7 @@ def revisions(ctx: click.Context, param: Any, incomplete: str) -> list[Completio
     names = ["head", "heads", "base"]
     try:
         from . import inventory
-        from .migrations import Migrations
+        from .inprocess import Migrations
 
         inv = inventory.load(_inventory_path(ctx))
         env_name = _env_name(ctx) or ""

@@ -32,7 +32,7 @@ from .hostsession import HostSession
 from .interrupts import Interrupted
 from .inventory import Environment, Host
 from .journal import Journal
-from .migrations import Migrations, fmt
+from .migrations import MigrationBackend, fmt
 from .outcome import NEEDS_PERSON, OK, ROLLED_BACK, Outcome, rollback_verdict
 from .playbook import Playbook, Step
 from .runlock import RunLock
@@ -50,7 +50,7 @@ class Engine:
     """Runs one playbook for one environment, host after host."""
 
     def __init__(self, env: Environment, playbook: Playbook, options: Options, journal: Journal,
-                 migrations: Migrations, *, sleep: Callable[[float], None] = interrupts.sleep) -> None:
+                 migrations: MigrationBackend, *, sleep: Callable[[float], None] = interrupts.sleep) -> None:
         self.env = env
         self.playbook = playbook
         self.options = options

@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import structlog
 
 from .errors import ConfigError, GuardRefused
-from .inventory import DAYS
+from .inventory_keys import DAYS
 
 
 def _hhmm(value: str, where: str) -> time:

@@ -95,7 +95,7 @@ def _from_url(url: str | None) -> tuple[str, str, int]:
 
 def init(here: Path, playbooks: bool, echo: Callable[[str], None] = click.echo) -> int:
     """Write ``inventory.yaml`` (and ``playbooks/`` if asked) in ``here``; never overwriting."""
-    from .inventory import InventoryFile
+    from .inventory_keys import InventoryFile
     from .shipped import playbooks_dir
     from ruamel.yaml import YAML
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import yamlfile
 from .errors import ConfigError
-from .inventory import CheckConfig
+from .inventory_keys import CheckConfig
 from .shipped import playbooks_dir
 from .units import Duration
 

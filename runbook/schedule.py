@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from .cronline import crontab_text
 from .errors import ConfigError
-from .inventory import DAYS
+from .inventory_keys import DAYS
 from .systemdunits import env_template, exec_word, executable, path_value, service_text, timer_text
 from .units import span
 from .windowtimes import CronTimes, Lengths, cron_times, lengths

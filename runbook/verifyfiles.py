@@ -13,7 +13,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from . import yamlfile
 from .errors import ConfigError
-from .inventory import CheckConfig
+from .inventory_keys import CheckConfig
 
 _CHECKS = TypeAdapter(list[CheckConfig])
 

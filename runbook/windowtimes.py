@@ -19,7 +19,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from .inventory import DAYS
+from .inventory_keys import DAYS
 
 HORIZON_DAYS = 371  # a year and a week: every clock change of the zone, whatever today is
 

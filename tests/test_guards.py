@@ -9,7 +9,7 @@ import pytest
 
 from runbook.errors import ConfigError, GuardRefused
 from runbook.guards import check_window, in_window
-from runbook.inventory import WindowConfig
+from runbook.inventory_keys import WindowConfig
 from tests.fixtures.project import Project
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from runbook.inventory import DAYS
+from runbook.inventory_keys import DAYS
 from tests.fixtures.faults import newest_run_id, wait_for_session
 from tests.fixtures.project import PASSWORD_ENV, Project
 

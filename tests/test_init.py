@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from runbook import inventory, shipped
+from runbook import inventory, inventory_keys, shipped
 from runbook.envstyle import read_project
 from runbook.errors import ConfigError
 from tests.fixtures import byo
@@ -55,7 +55,7 @@ def test_init_writes_an_inventory_for_each_env_py_style(tmp_path: Path, style: s
     assert "devpass" not in text, "never a password from sqlalchemy.url"
     prod = YAML(typ="safe").load("\n".join(line.replace("  # ", "  ", 1) if line.startswith("  # ") else line for line in text.splitlines()))
     assert "prod" in prod["environments"], "the commented prod is a whole environment once uncommented"
-    inventory.InventoryFile.model_validate(prod)
+    inventory_keys.InventoryFile.model_validate(prod)
     assert not (tmp_path / "playbooks").exists()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
-from runbook.inventory import CheckConfig
+from runbook.inventory_keys import CheckConfig
 from runbook.steps.verify import run_checks
 from tests.fixtures.pg import PgDatabase
 

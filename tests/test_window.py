@@ -18,7 +18,7 @@ import pytest
 
 from runbook import estimate
 from runbook.guards import closes_at, in_window
-from runbook.inventory import DAYS, WindowConfig
+from runbook.inventory_keys import DAYS, WindowConfig
 from runbook.journal import Journal, now_iso
 from tests.fixtures.faults import journal, newest_run_id
 from tests.fixtures.project import Project

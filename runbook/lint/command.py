@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError
-from ..migrations import Migrations, Revision
+from ..inprocess import Migrations
+from ..migrations import Revision
 from ..outcome import LINT_FINDINGS, OK
 from . import report
 from .analysis import Analysis, Finding, analyze, render

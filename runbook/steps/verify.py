@@ -12,7 +12,7 @@ from typing import Any
 
 from ..context import Context
 from ..errors import VerificationError
-from ..inventory import CheckConfig
+from ..inventory_keys import CheckConfig
 from ..migrations import fmt
 from ..verifyfiles import load_file
 
