@@ -22,7 +22,7 @@ import click
 
 from .cli_errors import Located
 from .initcmd import init_cli
-from .running import _error, execute, log_safe  # noqa: F401 - execute, log_safe: tests import them
+from .running import Output, _error, execute, log_safe  # noqa: F401 - execute, log_safe: tests import them
 
 
 EPILOG = """\b
@@ -147,7 +147,7 @@ def lint_cli(inventory_path: str | None, config: str | None, fmt: str, fail_on: 
     try:
         code = command.run(_inventory(inventory_path), config, range_, fmt, fail_on, echo=click.echo)
     except RunbookError as exc:
-        _error(_Json() if fmt == "json" else _Plain(), exc)  # --format json: an error object on stdout
+        _error(Output(json=fmt == "json"), exc)  # --format json: an error object on stdout
         code = exc.exit_code
     sys.exit(code)
 
@@ -169,17 +169,9 @@ def revision_cli(inventory_path: str | None, config: str | None, rev_id: str | N
     try:
         code = create(_inventory(inventory_path), config, message, rev_id=rev_id, head=head, echo=click.echo)
     except RunbookError as exc:
-        _error(_Plain(), exc)
+        _error(Output(), exc)
         code = exc.exit_code
     sys.exit(code)
-
-
-class _Json:
-    json = True
-
-
-class _Plain:
-    json = False
 
 
 def _inventory(own: str | None) -> Path:

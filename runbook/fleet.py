@@ -293,31 +293,6 @@ class Fleet:
         return Outcome(code, status, " | ".join(lines), nxt, summary=summary)
 
 
-COLUMNS = ("HOST", "FROM", "TO", "OUTCOME", "EXIT", "DURATION", "BACKUP")
-
-
-def table(summary: dict[str, Any]) -> str:
-    """The summary as an aligned table (for the console), then the hosts not run and why."""
-    cells = [COLUMNS]
-    for r in summary["hosts"]:
-        backup = str(r["backup"]).rsplit("/", 1)[-1] if r["backup"] else "-"
-        cells.append((r["host"], str(r["from"] or "-"), str(r["to"] or "-"), r["outcome"], str(r["exit_code"]),
-                      f"{r['duration_s']:.1f}s", backup))
-    for name in summary["not_run"]:
-        cells.append((name, "-", "-", "not run", "-", "-", "-"))
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    head = f"Fleet {summary['env']} ({summary['playbook']}"
-    head += f", --parallel {summary['parallel']}" if summary["parallel"] > 1 else ""
-    head += ", --canary" if summary["canary"] else ""
-    head += ", --rollback-all" if summary["rollback_all"] else ""
-    head += f", {summary['selection']}" if summary.get("selection") else ""
-    head += f"): exit {summary['exit_code']}"
-    if summary["stopped"]:
-        head += f"; stopped: {summary['stopped']}"
-    return "\n".join([head, *lines])
-
-
 
 def report_lines(summary: dict[str, Any]) -> list[str]:
     """Below the table: the full message of every host that did not end ok, the hosts not run,

@@ -137,15 +137,11 @@ def init_cli(playbooks: bool) -> None:
     URL from a variable. A `local` embedded environment runs your migrations on a throwaway
     PostgreSQL; `prod` is a commented example. Never overwrites a file (exit 2); asks nothing.
     """
-    from .running import _error
+    from .running import Output, _error
 
     try:
         code = init(Path.cwd(), playbooks)
     except RunbookError as exc:
-        _error(_Plain(), exc)
+        _error(Output(), exc)
         code = exc.exit_code
     sys.exit(code)
-
-
-class _Plain:
-    json = False

@@ -108,6 +108,13 @@ def _signal_ignored(name: str, why: str) -> None:
                                             hint="SIGKILL is the only way to abandon a rollback")
 
 
+class Output:
+    """How a command without run options answers: text, or ``--json`` objects (lint, revision, init)."""
+
+    def __init__(self, json: bool = False) -> None:
+        self.json = json
+
+
 def _error(options: Any, exc: Any, code: int | None = None) -> None:
     """runbook's error lines (``runbook: error:``, ``runbook: next:``) on stderr; with ``--json``
     one ``error`` object on stdout instead (``code``: the exit code of a plain message)."""

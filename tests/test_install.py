@@ -23,10 +23,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from runbook import embedded
 from runbook.embedded import EmbeddedCluster
 from runbook.shipped import BUILTIN_NOTE
 from tests.fixtures import byo
+from tests.fixtures.pg import stop_embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = shutil.which("python3") or sys.executable
@@ -79,17 +79,6 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("RUNBOOK_") and k != "PYTHONPATH"}
 
 
-def _stop_server(folder: Path) -> None:
-    bindir = embedded.find_bindir()
-    data_dir = folder / ".runbook" / "pg" / "data"
-    if bindir is None or not (data_dir / "postmaster.pid").exists():
-        return
-    argv = [str(bindir / "pg_ctl"), "-D", str(data_dir), "-m", "immediate", "-w", "stop"]
-    if os.geteuid() == 0:
-        argv = ["runuser", "-u", "postgres", "--", *argv]
-    subprocess.run(argv, capture_output=True, check=False)
-
-
 @pytest.fixture
 def empty_dirs() -> Iterator[Callable[[], Path]]:
     """Empty folders (reachable by the postgres user when root); servers stopped, folders removed."""
@@ -103,7 +92,7 @@ def empty_dirs() -> Iterator[Callable[[], Path]]:
 
     yield make
     for folder in made:
-        _stop_server(folder)
+        stop_embedded(folder / ".runbook" / "pg" / "data")
         shutil.rmtree(folder, ignore_errors=True)
 
 

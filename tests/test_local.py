@@ -13,19 +13,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from runbook import embedded
 from runbook.embedded import EmbeddedCluster
+from tests.fixtures.pg import stop_embedded
 from tests.fixtures.project import Project
-
-
-def _stop_server(data_dir: Path) -> None:
-    bindir = embedded.find_bindir()
-    if bindir is None or not (data_dir / "postmaster.pid").exists():
-        return
-    argv = [str(bindir / "pg_ctl"), "-D", str(data_dir), "-m", "immediate", "-w", "stop"]
-    if os.geteuid() == 0:
-        argv = ["runuser", "-u", "postgres", "--", *argv]
-    subprocess.run(argv, capture_output=True, check=False)
 
 
 @pytest.fixture
@@ -38,7 +28,7 @@ def local_dir() -> Iterator[Path]:
     try:
         yield base
     finally:
-        _stop_server(base / ".runbook" / "pg" / "data")
+        stop_embedded(base / ".runbook" / "pg" / "data")
         shutil.rmtree(base, ignore_errors=True)  # the socket directory is pg/run, inside it
 
 
