@@ -127,7 +127,8 @@ def init(here: Path, playbooks: bool, echo: Callable[[str], None] = click.echo) 
     return 0
 
 
-@click.command("init", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command("init", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+               short_help="a starting inventory.yaml for the Alembic project here")
 @click.option("--playbooks", is_flag=True, help="Also copy the shipped playbooks into ./playbooks/ to edit.")
 def init_cli(playbooks: bool) -> None:
     """Write a starting inventory.yaml for the Alembic project here (./alembic.ini).
