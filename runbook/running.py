@@ -194,6 +194,8 @@ def _run(plan: Plan, options: Any, argv: list[str], sleep: Any) -> int:
                     _error(options, exc)
                 if options.json:  # a run ends with its summary, whatever ended it
                     _report(options, Outcome(code, status, str(exc), getattr(exc, "hint", None)), jr)
+                else:  # a refusal was journaled too: where to read why
+                    _say(options, f"runbook: run log {jr.log_path}", err=True)
                 return code
         except BaseException as exc:
             # A bug: the database was not read back, so "as before" cannot be promised (exit 3).

@@ -86,6 +86,7 @@ def test_second_run_is_refused_while_the_first_runs(project: Project) -> None:
     assert started["run_id"] in refusal and f":{first.pid} " in refusal and "since " in refusal
     # The second run touched nothing: no backup, no step at all.
     second_log, = set(project.run_logs()) - logs_before
+    assert refusal.strip().splitlines()[-1] == f"runbook: run log {second_log}"  # where to read why
     events = project.events(second_log)
     assert not [e for e in events if e["event"] == "step_started"]
     assert events[-1]["event"] == "run_finished" and events[-1]["exit_code"] == 4
