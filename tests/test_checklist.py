@@ -12,51 +12,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from tests.fixtures.faults import journal, newest_run_id
-from tests.fixtures.pg import PgServer
 from tests.fixtures.project import Project
+from tests.fixtures.webhook import Hook
 
 VAR = "CHECKLIST_WEBHOOK"
 LINES = ["committed", "rehearsed", "backup", "window", "notify", "lint", "blockers"]
-
-
-class Hook:
-    """A webhook receiver: the checklist only needs its URL, a refused migrate posts to it."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                hook.bodies.append(json.loads(data))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/checklist-token"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def window_around_now(*, inside: bool) -> dict[str, Any]:
@@ -106,26 +74,6 @@ class Ready:
         lines = {r["name"]: r for r in rows if r.get("event") == "checklist"}
         assert sorted(lines, key=LINES.index) == LINES, result.stdout + result.stderr
         return result.returncode, lines
-
-
-@pytest.fixture
-def hook() -> Iterator[Hook]:
-    server = Hook()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def createdb(pg_server: PgServer) -> Iterator[None]:
-    with pg_server.admin() as conn:
-        conn.execute(sql.SQL("ALTER ROLE {} CREATEDB").format(sql.Identifier(pg_server.user)))
-    try:
-        yield
-    finally:
-        with pg_server.admin() as conn:
-            conn.execute(sql.SQL("ALTER ROLE {} NOCREATEDB").format(sql.Identifier(pg_server.user)))
 
 
 @pytest.fixture
@@ -294,7 +242,7 @@ def test_protected_migrate_is_refused_on_a_failed_line_and_runs_with_its_overrid
     lines = {ln["name"]: ln for ln in record["hosts"]["db1"]["checklist"]}
     assert lines["rehearsed"]["mark"] == "FAILED" and not lines["rehearsed"]["overridden"]
     assert not [s for s in record.get("steps") or [] if s["step"] == "backup"]
-    assert [b["status"] for b in hook.bodies] == ["refused"]
+    assert [b["status"] for b in hook.bodies()] == ["refused"]
 
     done = r.run("prod", "migrate", "--override", "rehearsed")
     assert done.returncode == 0, done.stdout + done.stderr

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-from collections.abc import Iterator
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,61 +18,11 @@ import pytest
 
 from runbook import notify
 from tests.fixtures.project import Project
+from tests.fixtures.webhook import SIG, TOKEN, Hook
 
-TOKEN = "T0KEN-9f8e7d6c5b4a3210-s3cr3t"
-SIG = "sig=b1a2c3d4e5f60789"
 VAR = "RUNBOOK_WEBHOOK"
 ALL_EVENTS = ["started", "succeeded", "failed", "needs_person", "refused"]
 BROKEN_0003 = 'op.execute("ALTER TABLE collections ADD COLUMN x no_such_type")'
-
-
-class Hook:
-    """An HTTP server recording every POST; it answers ``status`` (and ``location`` for a 3xx)."""
-
-    def __init__(self, status: int = 200) -> None:
-        self.status = status
-        self.location: str | None = None
-        self.requests: list[dict[str, Any]] = []
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                hook.requests.append({"path": self.path, "headers": dict(self.headers), "body": data})
-                self.send_response(hook.status)
-                if hook.location:
-                    self.send_header("Location", hook.location)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/services/{TOKEN}?{SIG}"
-
-    def bodies(self) -> list[dict[str, Any]]:
-        return [json.loads(r["body"]) for r in self.requests]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def hook() -> Iterator[Hook]:
-    server = Hook()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def _notify(project: Project, fmt: str = "json", on: list[str] | None = None, timeout: str = "2s",

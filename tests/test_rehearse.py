@@ -52,18 +52,6 @@ steps:
 # -- helpers ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def createdb(pg_server: PgServer) -> Iterator[None]:
-    """The application's user may create databases (what a rehearsal needs), for this test only."""
-    with pg_server.admin() as conn:
-        conn.execute(sql.SQL("ALTER ROLE {} CREATEDB").format(sql.Identifier(pg_server.user)))
-    try:
-        yield
-    finally:
-        with pg_server.admin() as conn:
-            conn.execute(sql.SQL("ALTER ROLE {} NOCREATEDB").format(sql.Identifier(pg_server.user)))
-
-
 def scratch_databases(server: PgServer) -> list[str]:
     with server.admin() as conn:
         rows = conn.execute("SELECT datname FROM pg_database WHERE strpos(datname, %s) > 0 ORDER BY 1",
