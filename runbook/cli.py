@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from .cli_errors import Located
+from .cli_errors import CONTEXT, Located
 from .initcmd import init_cli
 from .running import Output, _error, execute, log_safe  # noqa: F401 - execute, log_safe: tests import them
 
@@ -89,7 +89,7 @@ def _top_options() -> list[click.Parameter]:
     return global_options(hidden=False)
 
 
-@click.group(cls=Runbook, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+@click.group(cls=Runbook, context_settings=CONTEXT,
              epilog=EPILOG, subcommand_metavar="ENV PLAYBOOK [OPTIONS]", no_args_is_help=False)
 @click.version_option(package_name="runbook")
 def cli(**_: Any) -> None:
@@ -117,7 +117,7 @@ def cli(**_: Any) -> None:
 cli.params[:0] = _top_options()
 
 
-@click.command("lint", cls=Located, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+@click.command("lint", cls=Located, context_settings=CONTEXT,
                short_help="the pending revisions judged offline (CI): no database needed")
 @click.option("--inventory", "-i", "inventory_path", metavar="PATH",
               help="Inventory: its environments name the Alembic project and its journal the pending revisions "
@@ -152,7 +152,7 @@ def lint_cli(inventory_path: str | None, config: str | None, fmt: str, fail_on: 
     sys.exit(code)
 
 
-@click.command("revision", cls=Located, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+@click.command("revision", cls=Located, context_settings=CONTEXT,
                short_help="a new Alembic revision and its verification file")
 @click.option("--inventory", "-i", "inventory_path", metavar="PATH",
               help="Inventory naming the Alembic project (default: runbook's --inventory, $RUNBOOK_INVENTORY, "

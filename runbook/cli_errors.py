@@ -15,6 +15,9 @@ from typing import Any
 import click
 
 
+# What every runbook command shares: -h as --help, and help text up to 100 columns.
+CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
 EXTRA = re.compile(r"^Got unexpected extra arguments? \((.*)\)$")
 
 

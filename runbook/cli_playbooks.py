@@ -19,9 +19,8 @@ from typing import Any, Callable
 import click
 
 from . import cli_complete as complete
-from .cli_errors import Located
+from .cli_errors import CONTEXT, Located
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 BUILT_IN = ("status", "checklist", "history", "schedule")
 SHIPPED = ("migrate", "rollback", "backup", "verify", "rehearse", "migrate-rehearsed")

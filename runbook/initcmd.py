@@ -19,6 +19,7 @@ from typing import Callable
 
 import click
 
+from .cli_errors import CONTEXT
 from .errors import ConfigError, RunbookError
 
 HEADER = """\
@@ -127,7 +128,7 @@ def init(here: Path, playbooks: bool, echo: Callable[[str], None] = click.echo) 
     return 0
 
 
-@click.command("init", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+@click.command("init", context_settings=CONTEXT,
                short_help="a starting inventory.yaml for the Alembic project here")
 @click.option("--playbooks", is_flag=True, help="Also copy the shipped playbooks into ./playbooks/ to edit.")
 def init_cli(playbooks: bool) -> None:
