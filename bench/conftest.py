@@ -11,6 +11,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.fixtures
 
+import compileall  # noqa: E402
+
+# Time a byte-compiled runbook (TESTING.md): `uv sync --compile-bytecode` compiles site-packages
+# only, not the editable project, and PYTHONDONTWRITEBYTECODE keeps Python from caching it.
+compileall.compile_dir(str(Path(__file__).resolve().parent.parent / "runbook"), quiet=1)
+
 pytest_plugins = ["tests.fixtures.sshd", "tests.fixtures.pg", "tests.fixtures.project"]
 
 from benchlib import bench, pytest_terminal_summary, report  # noqa: E402,F401  (fixtures and hook)

@@ -79,6 +79,7 @@ class Context:
     backups: list[Backup] = field(default_factory=list)
     swap_rights: Any = None  # dbswap.Rights, once checked (restore.mode: swap)
     lint: dict[Any, Any] = field(default_factory=dict)  # the run's lint analysis (lint/preflight.py)
+    kinds: frozenset[str] = frozenset()  # the kinds of step the run's playbook has
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
 

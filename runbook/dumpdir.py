@@ -21,19 +21,13 @@ custom dump): dump, hashes, ``pg_restore --list``, rename. It needs Linux's ``/p
 
 from __future__ import annotations
 
+from .hostcmd import HASHER
 from .transports.base import quote
 
 SUFFIX = ".dumpdir"
 # How often the folder is looked at while pg_dump writes (a look costs ~10 processes when a file is
 # new or still open; none otherwise): a closed file waits at most this long to be hashed.
 POLL = 1
-
-
-def _hasher() -> str:
-    """Shell function ``h FILE...`` printing ``<sha256> <file>`` lines (OpenSSL's SHA-256 uses the
-    CPU's SHA extensions: ~4x coreutils' sha256sum, bench/README.md)."""
-    return ("if openssl dgst -sha256 -r /dev/null >/dev/null 2>&1; then "
-            "h() { openssl dgst -sha256 -r \"$@\"; }; else h() { sha256sum \"$@\"; }; fi")
 
 
 def dump_script(*, folder: str, path: str, pg_dump: str, pg_restore_list: str, name_taken: int) -> str:
@@ -87,7 +81,7 @@ def dump_script(*, folder: str, path: str, pg_dump: str, pg_restore_list: str, n
         f"W={quote(work)}",
         "mkdir \"$W\"",
         "n=0; hashed=-1",
-        _hasher(),
+        HASHER,
         sweep,
         # the sweeper hashes while pg_dump writes; stopped the moment pg_dump ends
         f"( while :; do sweep s; sleep {POLL}; done ) & w=$!",

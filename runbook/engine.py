@@ -124,6 +124,7 @@ class Engine:
         opened, lock = self._open(host, announce=True)
         with opened as session:
             ctx = session.context(self.options, self.journal, self.migrations)
+            ctx.kinds = frozenset(self.playbook.kinds())
             try:
                 window.after_connect(ctx)  # no past runs: the fit from the database's size
                 lock.acquire()
@@ -260,12 +261,13 @@ class Engine:
                               "the run does not go on unlocked", step="run_lock", host=ctx.host.name)
 
     def _run_steps(self, ctx: Context) -> Outcome:
-        from .steps.migrate import needless
-
         skip: dict[str, str] = {}
         try:
             try:
-                skip = needless(ctx, self.playbook.steps)  # nothing pending: no backup to take
+                if "upgrade" in self.playbook.kinds():
+                    from .steps.migrate import needless
+
+                    skip = needless(ctx, self.playbook.steps)  # nothing pending: no backup to take
                 for step in self.playbook.steps:
                     if step.kind in skip:
                         self.skipped(ctx, step, skip[step.kind])

@@ -20,13 +20,20 @@ def after_lock(ctx: Any, playbook: Any) -> None:
     rehearsal(ctx, playbook.steps)  # a rehearsal's privileges, a killed one's leftovers
 
 
+# the steps that run migrations: the lint gate and the connection opened ahead are for them alone
+MIGRATING = frozenset({"upgrade", "downgrade", "rollback", "rehearse"})
+
+
 def before_steps(ctx: Any, playbook: Any) -> None:
     from .checklist import preflight as checklist
-    from .lint.preflight import gate, upgrade_target
-    from .steps.migrate import prepare
 
     refuse_going_back(ctx, playbook.steps)  # migrate --to an older revision: exit 2, before the backup
     checklist(ctx, playbook)  # a protected environment's checklist, before the backup
+    if not playbook.kinds() & MIGRATING:
+        return  # a backup, a restore, a shell step: the SQL parser and Alembic are not even loaded
+    from .lint.preflight import gate, upgrade_target
+    from .steps.migrate import prepare
+
     target = upgrade_target(ctx, playbook.steps)
     if target is not None:  # error-level lint findings refuse the run before its backup
         gate(ctx, target)
@@ -35,10 +42,10 @@ def before_steps(ctx: Any, playbook: Any) -> None:
 
 def refuse_going_back(ctx: Any, steps: Any) -> None:
     """An upgrade to a revision below the current one is refused before anything runs (exit 2)."""
-    from .steps.migrate import going_back
-
     for step in steps:
         if step.kind in ("upgrade", "rehearse"):
+            from .steps.migrate import going_back
+
             refusal = going_back(ctx.migrations, ctx.start, ctx.options.to or step.params.to, ctx.env.name)
             if refusal is not None:
                 raise refusal

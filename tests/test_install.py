@@ -58,8 +58,8 @@ def installed(request: pytest.FixtureRequest, dist: dict[str, Path],
     if request.param == "wheel":
         env.update(UV_TOOL_DIR=str(base / "tools"), UV_TOOL_BIN_DIR=str(base / "bin"), UV_COMPILE_BYTECODE="1",
                    UV_PYTHON_DOWNLOADS="never")
-        done = subprocess.run([str(ROOT / "bin" / "uv"), "tool", "install", "--quiet", "--python", PYTHON,
-                               str(dist["wheel"])], capture_output=True, text=True, timeout=600, check=False,
+        done = subprocess.run([str(ROOT / "bin" / "uv"), "tool", "install", "--quiet", "--compile-bytecode",
+                               "--python", PYTHON, str(dist["wheel"])], capture_output=True, text=True, timeout=600, check=False,
                               env=env, cwd=base)
         assert done.returncode == 0, done.stderr[-3000:]
         script = (base / "bin" / "runbook").resolve()  # a link into the tool's virtualenv

@@ -22,7 +22,7 @@ from ..migrations import fmt
 from .. import dumpdir
 from ..postgres import pg_dump_cmd, pg_restore_list_cmd
 from ..transports.base import quote
-from ..hostcmd import backup_dir, cleanup_trap, pg_env
+from ..hostcmd import HASHER, backup_dir, cleanup_trap, pg_env
 
 
 def take(ctx: Context, label: str = "") -> Backup:
@@ -63,7 +63,8 @@ def _dump(ctx: Context, label: str, revision: str, stamp: str) -> Backup:
     try:
         env, secret = pg_env(ctx)
         with progress(ctx, "pg_dump", partial, directory=directory):
-            _prewarm()
+            if ctx.kinds & PARSES_SQL:
+                _prewarm()
             result = ctx.transport.run(script, env=env, secret=secret, timeout=ctx.env.config.backup.timeout)
     except CommandFailed as exc:
         if exc.result is not None and exc.result.exited == NAME_TAKEN:
@@ -104,9 +105,7 @@ def _custom_script(ctx: Context, folder: str, name: str) -> str:
         f"[ ! -e {quote(path)} ] || exit {NAME_TAKEN}",
         cleanup_trap(partial, summed, dumped, written),
         f"mkdir -p {quote(folder)}",
-        # OpenSSL's SHA-256 uses the CPU's SHA extensions: ~4x coreutils' sha256sum (bench/README.md)
-        "if openssl dgst -sha256 -r /dev/null >/dev/null 2>&1; then h() { openssl dgst -sha256 -r; }; "
-        "else h() { sha256sum; }; fi",
+        HASHER,
         f"{{ {pg_dump_cmd(db.host, db.port, db.name, db.user, None, ctx.pg_bin)} && : > {quote(dumped)}; }} | "
         f"{{ tee {quote(partial)} && : > {quote(written)}; }} | h > {quote(summed)}",
         f"[ -e {quote(dumped)} ] || {{ echo 'runbook: pg_dump failed' >&2; exit 1; }}",
@@ -122,9 +121,14 @@ def _custom_script(ctx: Context, folder: str, name: str) -> str:
     ])
 
 
+# the steps that parse the migrations' SQL (the lint gate, the lock pre-flight)
+PARSES_SQL = frozenset({"upgrade", "check_locks", "rehearse"})
+
+
 def _prewarm() -> None:
     """Import pglast (check_locks' SQL parser, ~0.15 s of CPU) while this process only waits for
-    pg_dump on the host, instead of on the run's critical path (bench/README.md)."""
+    pg_dump on the host, instead of on the run's critical path (bench/README.md). Only for a
+    playbook that will parse SQL: a plain backup would take that CPU from pg_dump."""
     import threading
 
     def work() -> None:

@@ -31,7 +31,7 @@ from ..retry import LockRetriesExhausted, lock_retries
 from ..transports.base import quote
 from ..units import pg_ms
 from . import backup as backup_step
-from ..hostcmd import bin_path, cleanup_trap, pg_env
+from ..hostcmd import HASHER, bin_path, cleanup_trap, pg_env
 
 # Quoted by the server (format %I): a schema name is the database's content, never trusted. A
 # quoted identifier is safe in a psql script whatever it holds (newlines and backslashes included):
@@ -99,8 +99,8 @@ def check_checksum(ctx: Context, backup: Backup, jobs: int = 1) -> None:
                                  f"it was written): {_errors(check.stderr or check.stdout, 3)}",
                                  step="restore", host=ctx.host.name)
     else:
-        # sha256sum alone: behind a pipe its failure (an unreadable file) would be the pipe's success.
-        check = ctx.transport.run(f"sha256sum {quote(backup.path)}", check=False)
+        # the hasher alone: behind a pipe its failure (an unreadable file) would be the pipe's success
+        check = ctx.transport.run(f"{HASHER}; h {quote(backup.path)}", check=False)
         if not check.ok or not check.stdout.strip():
             raise BackupUnusable(f"backup {backup.path} is not readable on {ctx.host.name}: {check.tail(3)}",
                                  step="restore", host=ctx.host.name)
