@@ -179,6 +179,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         _REPORT.facts["load average (1 min) before the timed runs"] = (
             f"median {statistics.median(LOAD_SEEN):.2f}, min {min(LOAD_SEEN):.2f}, max {max(LOAD_SEEN):.2f} "
             f"on {os.cpu_count()} CPUs ({len(LOAD_SEEN)} runs)")
+    if STEAL_SEEN:
+        _REPORT.facts["CPU time stolen by the hypervisor during the timed runs (steal)"] = (
+            f"median {statistics.median(STEAL_SEEN):.1%}, max {max(STEAL_SEEN):.1%} ({len(STEAL_SEEN)} runs)")
     RESULTS_MD.write_text(_REPORT.markdown())
     terminalreporter.write_sep("=", "runbook benchmarks")
     for k, v in _REPORT.facts.items():
@@ -200,6 +203,7 @@ class Timed:
     stdout: str
     stderr: str
     cpu: float = 0.0  # user + system seconds of the process itself
+    steal: float = 0.0  # share of the machine's CPU time the hypervisor took during the run (0..1)
 
     def check(self, what: str) -> "Timed":
         if self.returncode != 0:
@@ -215,6 +219,7 @@ def timed(argv: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path |
     if quiet:
         wait_quiet()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        ticks0 = _stat_ticks()
         started = time.perf_counter()
         proc = subprocess.Popen(list(argv), env=env, cwd=cwd, stdout=out, stderr=err,
                                 stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL)
@@ -224,17 +229,36 @@ def timed(argv: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path |
             proc.stdin.close()
         _pid, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
+        ticks1 = _stat_ticks()
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
+        steal = _steal_share(ticks0, ticks1)
+        STEAL_SEEN.append(steal)
         return Timed(wall, proc.returncode, int(usage.ru_maxrss), out.read().decode(errors="replace"),
-                     err.read().decode(errors="replace"), usage.ru_utime + usage.ru_stime)
+                     err.read().decode(errors="replace"), usage.ru_utime + usage.ru_stime, steal)
+
+
+def _stat_ticks() -> list[int]:
+    """The machine's CPU time so far (/proc/stat): user nice system idle iowait irq softirq steal."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    return fields + [0] * (8 - len(fields))
+
+
+def _steal_share(before: list[int], after: list[int]) -> float:
+    """Of the CPU time between two readings, the share the hypervisor gave to someone else (steal):
+    on a VM, the host's other guests slowing this one down, which no quiet wait inside it can see."""
+    total = sum(after) - sum(before)
+    return (after[7] - before[7]) / total if total > 0 else 0.0
+
+
+# CPU steal during each timed run (Timed.steal): reported with the results
+STEAL_SEEN: list[float] = []
 
 
 def _cpu_ticks() -> tuple[int, int]:
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return sum(fields[:8]), idle
+    fields = _stat_ticks()
+    return sum(fields), fields[3] + fields[4]
 
 
 def busy_fraction(seconds: float = 0.5) -> float:
@@ -278,6 +302,11 @@ def wait_quiet() -> float:
 def loads_line(loads: dict[str, list[float]]) -> str:
     """``who: l1, l2, ...`` for each kind of run: the load average each one started under."""
     return "; ".join(f"{who} {', '.join(f'{v:.2f}' for v in values)}" for who, values in loads.items() if values)
+
+
+def steal_line(steals: dict[str, list[float]]) -> str:
+    """``who: s1, s2, ...``: the share of CPU time the hypervisor took during each run."""
+    return "; ".join(f"{who} {', '.join(f'{v:.1%}' for v in values)}" for who, values in steals.items() if values)
 
 
 def children_cpu() -> float:
