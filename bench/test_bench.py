@@ -1058,6 +1058,7 @@ def test_13_bigdb_directory_backup_and_swap_restore(bench: Bench, report: Report
         raw: list[float] = []
         our_phases: list[dict[str, float]] = []
         loads: dict[str, list[float]] = {"runbook": [], "raw": []}
+        late: list[int] = []  # bytes still to hash once pg_dump had ended (the run log's backup_hashed)
         for i in range(RUNS):
             for who in (("runbook", "raw") if i % 2 == 0 else ("raw", "runbook")):
                 _clear_all(folder)
@@ -1066,6 +1067,7 @@ def test_13_bigdb_directory_backup_and_swap_restore(bench: Bench, report: Report
                     r, started, events = run_runbook(bench, "prod", "backup", what="backup (directory)")
                     ours.append(r.wall)
                     our_phases.append(phases(started, r.wall, events))
+                    late.extend(e["after_dump_bytes"] for e in events if e.get("event") == "backup_hashed")
                 else:
                     raw.append(timed(raw_dump, env=bench.host_env()).check("raw pg_dump -Fd").wall)
         _clear_all(folder)
@@ -1084,6 +1086,9 @@ def test_13_bigdb_directory_backup_and_swap_restore(bench: Bench, report: Report
             f"- raw `pg_dump -Fd -j {BIG_JOBS}` run on the host as the deploy user: {fmt_s(m_raw)} "
             f"(runs: {spread(raw)})",
             f"- runbook − raw: {m_ours - m_raw:+.3f} s ({pct(m_ours, m_raw)})",
+            f"- left to hash once pg_dump had ended (run log `backup_hashed`; the files pg_dump wrote in "
+            f"its last second, the others hashed or followed as they were written): "
+            + (", ".join(f"{b / 1048576:.1f} MB" for b in late) if late else "not reported"),
             f"- load average (1 min) before each run: {loads_line(loads)}",
             "",
             phase_table(our_phases),

@@ -81,6 +81,10 @@ def _dump(ctx: Context, label: str, revision: str, stamp: str) -> Backup:
     except ValueError as exc:
         raise BackupError(f"backup on {ctx.host.name} did not report its checksum: {result.stdout!r}",
                           step="backup", host=ctx.host.name) from exc
+    if directory:
+        late = next((ln.split()[1] for ln in result.stdout.splitlines() if ln.startswith("hashed_after_dump ")), "")
+        if late.isdigit():
+            ctx.log.info("backup_hashed", backup=path, after_dump_bytes=int(late))
     ctx.backups.append(backup)
     return backup
 
