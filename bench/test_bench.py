@@ -1082,13 +1082,13 @@ def test_13_bigdb_directory_backup_and_swap_restore(bench: Bench, report: Report
             f"(`-Fd -j {BIG_JOBS}`, default compression).",
             "",
             f"- runbook `prod backup` with `backup: {{format: directory, jobs: {BIG_JOBS}}}` (SSH login, "
-            f"pg_dump -Fd -j {BIG_JOBS} with each file hashed as pg_dump closes it, pg_restore --list, the "
+            f"pg_dump -Fd -j {BIG_JOBS} with each file hashed after pg_dump closes it, pg_restore --list, the "
             f"manifest, rename, prune): {fmt_s(m_ours)} (runs: {spread(ours)})",
             f"- raw `pg_dump -Fd -j {BIG_JOBS}` run on the host as the deploy user: {fmt_s(m_raw)} "
             f"(runs: {spread(raw)})",
             f"- runbook − raw: {m_ours - m_raw:+.3f} s ({pct(m_ours, m_raw)})",
-            f"- left to hash once pg_dump had ended (run log `backup_hashed`; the files pg_dump wrote in "
-            f"its last second, the others hashed or followed as they were written): "
+            f"- left to hash once pg_dump had ended (run log `backup_hashed`: what was still open at its "
+            f"end; the other files were hashed during the dump): "
             + (", ".join(f"{b / 1048576:.1f} MB" for b in late) if late else "not reported"),
             f"- load average (1 min) before each run: {loads_line(loads)}",
             "",

@@ -1,13 +1,15 @@
 """The host script of a directory dump (``dumpdir.dump_script``), run by ``sh`` on this machine
 with a stand-in ``pg_dump`` that writes a folder the way ``pg_dump -Fd`` does, at a pace the test
-sets: small files at once, one big file over seconds (held open, appended to), ``toc.dat`` last.
+sets: a small file at once, then table files held open and appended to for seconds, ``toc.dat``
+last.
 
 The real ``pg_dump -Fd -j 2`` runs through the same script in tests/test_bigdb.py over SSH; here the
-timing is the test's, so what the script does while a file is being written is certain: the file
-is followed (hashed as it grows) and nothing of it is left to hash once pg_dump ends; a file that
-changes behind the follower's back is hashed again; a pg_dump that fails half-way leaves no folder,
-no work files and no process. Each script runs in a session of its own, and the test checks that
-no process of that session outlives it (the followers' ``tail``, their ``sleep`` sentinels).
+timing is the test's, so what the script does while the dump goes on is certain: a file pg_dump
+has closed is hashed before the dump ends (when the next file appears, or a few polls later if
+none does), only what is still open at the end is hashed after it (the ``hashed_after_dump`` the
+run log reports), the manifest holds every file's sha256, and a pg_dump that fails half-way leaves
+no folder, no work files and no process. Each script runs in a session of its own, and the test
+checks that no process of that session outlives it.
 """
 
 from __future__ import annotations
@@ -23,26 +25,28 @@ import pytest
 from runbook import dumpdir
 from runbook.transports.base import quote
 
-# A stand-in for pg_dump -Fd: named pg_dump (the script watches the files of the job's processes of
-# that name), it creates the folder, writes a small file and closes it, then writes the big file in
-# CHUNKS pieces PAUSE s apart on one open descriptor, then toc.dat. MODE=truncate: the big file is
-# cut back to nothing half-way and written again (what no pg_dump does: the follower must notice
-# that its count does not match). FAIL=N: exits 1 after N pieces, the big file still open.
+# A stand-in for pg_dump -Fd, named pg_dump (the script watches the files that the job's processes
+# of that name hold open): the folder, a small file written and closed at once, then table file A
+# (A_CHUNKS pieces of 250 kB, PAUSE s apart, on one open descriptor), closed; IDLE s with no new
+# file; table file B (B_CHUNKS pieces of 100 kB) the same way; toc.dat last. FAIL=N exits 1 after
+# N pieces of A, with A still open.
 FAKE_PG_DUMP = r"""#!/bin/sh
 set -e
 mkdir -m 700 "$1"
 head -c 3000 /dev/urandom > "$1/3001.dat.gz"
 exec 3> "$1/3002.dat.gz"
 i=0
-while [ $i -lt ${CHUNKS:-20} ]; do
+while [ $i -lt ${A_CHUNKS:-12} ]; do
   head -c 250000 /dev/urandom >&3
   i=$((i + 1))
   if [ "${FAIL:-0}" -eq $i ]; then echo "pg_dump: error: connection lost" >&2; exit 1; fi
-  if [ "${MODE:-}" = truncate ] && [ $i -eq $((${CHUNKS:-20} / 2)) ]; then
-    sleep 1.2; exec 3> "$1/3002.dat.gz"
-  fi
-  sleep ${PAUSE:-0.15}
+  sleep ${PAUSE:-0.2}
 done
+exec 3>&-
+sleep ${IDLE:-0}
+exec 3> "$1/3004.dat.gz"
+i=0
+while [ $i -lt ${B_CHUNKS:-8} ]; do head -c 100000 /dev/urandom >&3; i=$((i + 1)); sleep ${PAUSE:-0.2}; done
 exec 3>&-
 head -c 700 /dev/urandom > "$1/toc.dat"
 """
@@ -90,51 +94,44 @@ def _run(script: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def _manifest_is_right(path: Path) -> None:
-    lines = Path(str(path) + ".sha256").read_text().splitlines()
-    sums = {line.split("  ", 1)[1]: line.split("  ", 1)[0] for line in lines}
+def _checked(result: subprocess.CompletedProcess[str], path: Path) -> int:
+    """The dump is complete and its manifest right; returns the bytes hashed after pg_dump ended."""
+    assert result.returncode == 0, result.stderr
+    digest, size = result.stdout.split()[-2:]
+    manifest = Path(str(path) + ".sha256")
+    assert digest == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert int(size) == sum(f.stat().st_size for f in path.iterdir()) + path.stat().st_size
+    sums = dict(reversed(line.split("  ", 1)) for line in manifest.read_text().splitlines())
     files = sorted(path.iterdir())
     assert sorted(sums) == [f"{path.name}/{f.name}" for f in files]
     for f in files:
         assert sums[f"{path.name}/{f.name}"] == hashlib.sha256(f.read_bytes()).hexdigest(), f.name
-
-
-def _after_dump(out: str) -> int:
-    (line,) = [ln for ln in out.splitlines() if ln.startswith("hashed_after_dump ")]
+    assert not list(path.parent.glob("*.partial*")), "no work files left"
+    (line,) = [ln for ln in result.stdout.splitlines() if ln.startswith("hashed_after_dump ")]
     return int(line.split()[1])
 
 
-def test_a_file_being_written_is_hashed_as_it_grows(tmp_path: Path) -> None:
-    """The big file is written over ~3 s: a look finds it open and follows it, so once pg_dump
-    ends only toc.dat (written last, 700 bytes) is left to hash, not the 5 MB file."""
+def test_a_file_closed_when_the_next_one_appears_is_hashed_during_the_dump(tmp_path: Path) -> None:
+    """A (3 MB, open ~2.4 s) is closed as B appears: hashed then. After pg_dump ends only B, open
+    until just before the end, and toc.dat are left to hash."""
     script, path = _script(tmp_path)
-    result = _run(script)
-    assert result.returncode == 0, result.stderr
-    digest, size = result.stdout.split()[-2:]
-    assert digest == hashlib.sha256(Path(str(path) + ".sha256").read_bytes()).hexdigest()
-    assert int(size) == sum(f.stat().st_size for f in path.iterdir()) + path.stat().st_size
-    _manifest_is_right(path)
-    assert (path / "3002.dat.gz").stat().st_size == 20 * 250000
-    assert _after_dump(result.stdout) <= 3000 + 700, result.stdout
-    assert not list(path.parent.glob("*.partial*")), "no work files left"
+    late = _checked(_run(script), path)
+    assert late == (path / "3004.dat.gz").stat().st_size + (path / "toc.dat").stat().st_size
 
 
-def test_a_file_cut_back_behind_the_follower_is_hashed_again(tmp_path: Path) -> None:
-    """The follower reads more bytes than the file ends up holding: its sum is thrown away and
-    the file hashed after the dump, so the manifest is still right."""
+def test_a_file_closed_with_no_file_after_it_is_hashed_a_few_polls_later(tmp_path: Path) -> None:
+    """After A, no new file for longer than RECHECK polls: A is hashed during that pause anyway."""
     script, path = _script(tmp_path)
-    result = _run(script, MODE="truncate")
-    assert result.returncode == 0, result.stderr
-    _manifest_is_right(path)
-    assert _after_dump(result.stdout) >= (path / "3002.dat.gz").stat().st_size, result.stdout
+    late = _checked(_run(script, IDLE=str(dumpdir.RECHECK * dumpdir.POLL + 2.5), B_CHUNKS="0"), path)
+    assert late == (path / "3004.dat.gz").stat().st_size + (path / "toc.dat").stat().st_size == 700
 
 
 @pytest.mark.parametrize("fail", [1, 8])
-def test_a_pg_dump_failing_while_a_file_is_followed_leaves_nothing(tmp_path: Path, fail: int) -> None:
-    """pg_dump fails with the big file open (followed, after a look or two): its exit status
+def test_a_pg_dump_failing_half_way_leaves_nothing(tmp_path: Path, fail: int) -> None:
+    """pg_dump fails with a table's file open (at once, or after a look or two): its exit status
     comes back, and no folder, work file or process of the dump remains."""
     script, path = _script(tmp_path)
-    result = _run(script, FAIL=str(fail), PAUSE="0.3")
+    result = _run(script, FAIL=str(fail))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "connection lost" in result.stderr
     assert not path.exists() and list(path.parent.iterdir()) == []
