@@ -106,8 +106,8 @@ def dump_script(*, folder: str, path: str, pg_dump: str, pg_restore_list: str, n
         "[ $rc -eq 0 ] || exit $rc",
         # what is left now that pg_dump is done (the run log's backup_hashed: bytes hashed after it)
         "seen=-1; sweep f",
-        "late=0; for s in \"$W\"/sums.f.*; do [ -e \"$s\" ] || continue; "
-        "for g in $(cut -d' ' -f2 \"$s\"); do late=$((late + $(stat -c %s \"$D/$g\"))); done; done",
+        "late=$(cat \"$W\"/sums.f.* 2>/dev/null | cut -d' ' -f2 | (cd \"$D\" && xargs -r stat -c %s) "
+        "| awk '{ s += $1 } END { print s + 0 }')",
         # every file hashed exactly once
         "cat \"$W\"/sums.* | cut -d' ' -f2 | LC_ALL=C sort > \"$W/f.done\"",
         "ls -A \"$D\" | LC_ALL=C sort > \"$W/f.ls\"",
