@@ -1109,14 +1109,26 @@ def test_13_bigdb_directory_backup_and_swap_restore(bench: Bench, report: Report
         raw_r: list[float] = []
         swap_phases: list[dict[str, float]] = []
         rloads: dict[str, list[float]] = {"runbook": [], "raw": []}
+
+        def raw_swap_restore(what: str, quiet: bool = True) -> float:
+            """The raw pg_restore -j into a new empty database, checked, and dropped at once: left
+            until the next raw run, its autovacuum (analyze and vacuum of 1.1 GB just loaded) ran
+            during the runbook run after it, 7 s slower each time."""
+            with bench.server.admin() as conn:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(raw_db)))
+                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(
+                    sql.Identifier(raw_db), role))
+            wall = timed(raw_restore, env=bench.host_env(), quiet=quiet).check(what).wall
+            if bench.server.alembic_version(raw_db) != {"0001"}:
+                pytest.fail("raw pg_restore did not restore the 0001 backup")
+            with bench.server.admin() as conn:
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(raw_db)))
+            return wall
+
         # warm-up, not timed: the first restore of a session runs slower whoever runs it (bench/README.md)
         bench.dbs.reset("big2")
         _drop_side_databases(bench)
-        with bench.server.admin() as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(sql.Identifier(raw_db), role))
-        warm_up = timed(raw_restore, env=bench.host_env(), quiet=False).check("raw pg_restore -j (warm-up)").wall
-        with bench.server.admin() as conn:  # and its autovacuum with it (see the raw runs below)
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(raw_db)))
+        warm_up = raw_swap_restore("raw pg_restore -j (warm-up)", quiet=False)
         for i in range(RUNS):
             for who in (("runbook", "raw") if i % 2 == 0 else ("raw", "runbook")):
                 bench.dbs.reset("big2")  # at 0002: the rollback goes back to the 0001 backup
@@ -1137,17 +1149,7 @@ def test_13_bigdb_directory_backup_and_swap_restore(bench: Bench, report: Report
                     if bench.dbs.db.alembic_version() != {"0001"}:
                         pytest.fail("the swap restore did not restore the 0001 backup")
                 else:
-                    with bench.server.admin() as conn:
-                        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(raw_db)))
-                        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(
-                            sql.Identifier(raw_db), role))
-                    raw_r.append(timed(raw_restore, env=bench.host_env()).check("raw pg_restore -j").wall)
-                    if bench.server.alembic_version(raw_db) != {"0001"}:
-                        pytest.fail("raw pg_restore did not restore the 0001 backup")
-                    # dropped now: left until the next raw run, its autovacuum (analyze and vacuum of
-                    # 1.1 GB just loaded) ran during the runbook run after it, 7 s slower each time
-                    with bench.server.admin() as conn:
-                        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(raw_db)))
+                    raw_r.append(raw_swap_restore("raw pg_restore -j"))
         m_whole, m_restore, m_rawr = median(whole), median(restore_part), median(raw_r)
         detail = "\n".join([
             f"Database at 0002 ({bench.dbs.sizes.get('big2', '')}), reset from a template before every run "
