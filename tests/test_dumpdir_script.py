@@ -15,15 +15,14 @@ checks that no process of that session outlives it.
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from runbook import dumpdir
 from runbook.transports.base import quote
+from tests.fixtures.hostscript import run_script
 
 # A stand-in for pg_dump -Fd, named pg_dump (the script watches the files that the job's processes
 # of that name hold open): the folder, a small file written and closed at once, then table file A
@@ -67,33 +66,6 @@ def _script(tmp_path: Path) -> tuple[str, Path]:
     return script, path
 
 
-def _session_processes(sid: int) -> list[str]:
-    """The processes of session ``sid`` still running: their command lines."""
-    left = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            # the fields after the command name: state ppid pgrp session ...
-            if int(stat.rsplit(")", 1)[1].split()[3]) == sid:
-                left.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-        except (OSError, ValueError, IndexError):
-            continue
-    return left
-
-
-def _run(script: str, **env: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **env}, start_new_session=True)
-    out, err = proc.communicate(timeout=60)
-    deadline = time.monotonic() + 3
-    while (left := _session_processes(proc.pid)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not left, f"processes of the dump outlived it: {left}"
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
 def _checked(result: subprocess.CompletedProcess[str], path: Path) -> int:
     """The dump is complete and its manifest right; returns the bytes hashed after pg_dump ended."""
     assert result.returncode == 0, result.stderr
@@ -115,14 +87,14 @@ def test_a_file_closed_when_the_next_one_appears_is_hashed_during_the_dump(tmp_p
     """A (3 MB, open ~2.4 s) is closed as B appears: hashed then. After pg_dump ends only B, open
     until just before the end, and toc.dat are left to hash."""
     script, path = _script(tmp_path)
-    late = _checked(_run(script), path)
+    late = _checked(run_script(script), path)
     assert late == (path / "3004.dat.gz").stat().st_size + (path / "toc.dat").stat().st_size
 
 
 def test_a_file_closed_with_no_file_after_it_is_hashed_a_few_polls_later(tmp_path: Path) -> None:
     """After A, no new file for longer than RECHECK polls: A is hashed during that pause anyway."""
     script, path = _script(tmp_path)
-    late = _checked(_run(script, IDLE=str(dumpdir.RECHECK * dumpdir.POLL + 2.5), B_CHUNKS="0"), path)
+    late = _checked(run_script(script, IDLE=str(dumpdir.RECHECK * dumpdir.POLL + 2.5), B_CHUNKS="0"), path)
     assert late == (path / "3004.dat.gz").stat().st_size + (path / "toc.dat").stat().st_size == 700
 
 
@@ -131,7 +103,7 @@ def test_a_pg_dump_failing_half_way_leaves_nothing(tmp_path: Path, fail: int) ->
     """pg_dump fails with a table's file open (at once, or after a look or two): its exit status
     comes back, and no folder, work file or process of the dump remains."""
     script, path = _script(tmp_path)
-    result = _run(script, FAIL=str(fail))
+    result = run_script(script, FAIL=str(fail))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "connection lost" in result.stderr
     assert not path.exists() and list(path.parent.iterdir()) == []

@@ -19,10 +19,10 @@ from ..context import Backup, Context
 from ..progress import Progress
 from ..errors import BackupError, CommandFailed, CommandTimedOut
 from ..migrations import fmt
-from .. import dumpdir
+from .. import dumpcustom, dumpdir
 from ..postgres import pg_dump_cmd, pg_restore_list_cmd
 from ..transports.base import quote
-from ..hostcmd import HASHER, backup_dir, cleanup_trap, pg_env
+from ..hostcmd import backup_dir, pg_env
 
 
 def take(ctx: Context, label: str = "") -> Backup:
@@ -52,14 +52,12 @@ def _dump(ctx: Context, label: str, revision: str, stamp: str) -> Backup:
     name = f"{db.name}_{ctx.env.name}_{stamp}_{revision}{label}{dumpdir.SUFFIX if directory else '.dump'}"
     path = f"{folder}/{name}"
     partial = path + ".partial"
-    if directory:
-        script = dumpdir.dump_script(
-            folder=folder, path=path, name_taken=NAME_TAKEN,
-            pg_dump=pg_dump_cmd(db.host, db.port, db.name, db.user, partial, ctx.pg_bin, directory=True,
-                                jobs=ctx.env.config.backup.jobs),
-            pg_restore_list=pg_restore_list_cmd(partial, ctx.pg_bin))
-    else:
-        script = _custom_script(ctx, folder, name)
+    # pg_dump -Fd writes the folder itself; pg_dump -Fc writes to stdout, into the same-pass hasher
+    dump = pg_dump_cmd(db.host, db.port, db.name, db.user, partial if directory else None, ctx.pg_bin,
+                       directory=directory, jobs=ctx.env.config.backup.jobs)
+    script = (dumpdir if directory else dumpcustom).dump_script(
+        folder=folder, path=path, name_taken=NAME_TAKEN, pg_dump=dump,
+        pg_restore_list=pg_restore_list_cmd(partial, ctx.pg_bin))
     try:
         env, secret = pg_env(ctx)
         with progress(ctx, "pg_dump", partial, directory=directory):
@@ -87,42 +85,6 @@ def _dump(ctx: Context, label: str, revision: str, stamp: str) -> Backup:
             ctx.log.info("backup_hashed", backup=path, after_dump_bytes=int(late))
     ctx.backups.append(backup)
     return backup
-
-
-def _custom_script(ctx: Context, folder: str, name: str) -> str:
-    """The host script of a ``pg_dump -Fc``: the dump hashed in the same pass as it is written,
-    ``pg_restore --list``, rename.
-
-    pg_dump writes to a pipe, ``tee`` copies it into the file and into the hasher, so the file is
-    never read back (a dump bigger than the host's memory would be read from disk again). Written to
-    a pipe, pg_dump cannot go back to store the data offsets in the table of contents: pg_restore
-    then finds each table's data by scanning the file, which is a regular file when it restores it,
-    with ``-j`` too (docs/benchmarks.md, measure 14). pg_dump's and tee's success are markers beside
-    the file (``sh`` has no ``pipefail``)."""
-    db = ctx.database
-    path = f"{folder}/{name}"
-    partial = path + ".partial"
-    summed, dumped, written = partial + ".sum", partial + ".dumped", partial + ".written"
-    return "; ".join([
-        "set -e",
-        "umask 077",
-        f"[ ! -e {quote(path)} ] || exit {NAME_TAKEN}",
-        cleanup_trap(partial, summed, dumped, written),
-        f"mkdir -p {quote(folder)}",
-        HASHER,
-        f"{{ {pg_dump_cmd(db.host, db.port, db.name, db.user, None, ctx.pg_bin)} && : > {quote(dumped)}; }} | "
-        f"{{ tee {quote(partial)} && : > {quote(written)}; }} | h > {quote(summed)}",
-        f"[ -e {quote(dumped)} ] || {{ echo 'runbook: pg_dump failed' >&2; exit 1; }}",
-        f"[ -e {quote(written)} ] || {{ echo 'runbook: writing the dump failed (tee)' >&2; exit 1; }}",
-        f"sum=$(cut -d' ' -f1 < {quote(summed)})",
-        "[ ${#sum} -eq 64 ] || { echo 'runbook: the dump was not hashed' >&2; exit 1; }",
-        pg_restore_list_cmd(partial, ctx.pg_bin),
-        f"chmod 600 {quote(partial)}",
-        f"size=$(stat -c %s {quote(partial)})",
-        f"mv {quote(partial)} {quote(path)}",
-        f"printf '%s  %s\\n' \"$sum\" {quote(name)} > {quote(path + '.sha256')}",
-        'echo "$sum $size"',
-    ])
 
 
 # the steps that parse the migrations' SQL (the lint gate, the lock pre-flight)
