@@ -7,8 +7,8 @@ Written to a pipe, pg_dump cannot go back to store the data offsets in the table
 pg_restore then finds each table's data by scanning the file, which is a regular file when it
 restores it, with ``-j`` too (docs/benchmarks.md, measure 14).
 
-What reads the pipe is, where the host has ``python3``, one small program (``WRITER``, standard
-library only) that makes the pipe 1 MB and reads it a quarter full at a time: pg_dump's writes
+What reads the pipe is, where the host has ``python3``, one small program (``hostprograms.WRITER``,
+standard library only) that makes the pipe 1 MB and reads it a quarter full at a time: pg_dump's writes
 (~4 kB each, zlib's buffer) then never wake a reader, and the file gets few big writes. Otherwise
 ``tee FILE | h`` (OpenSSL or coreutils), which wakes at every write of pg_dump, twice over (tee,
 then the hasher): on the 1.1 GB database, pg_dump with the writer ran *faster* than
@@ -21,41 +21,8 @@ wake-ups"). pg_dump's and the writer's success are markers beside the file (``sh
 from __future__ import annotations
 
 from .hostcmd import HASHER, cleanup_trap
+from .hostprograms import WRITER
 from .transports.base import quote
-
-# The same-pass writer, run as ``python3 -I -S -c WRITER FILE`` with the dump on its stdin: writes
-# FILE (0600), prints ``<sha256>  -``. Python 3.4+ and Linux's F_SETPIPE_SZ (elsewhere the pipe
-# keeps its size and the program works the same). After a read that found the pipe less than a
-# quarter full, it sleeps until about a quarter more should be there at the rate just seen (at most
-# 20 ms), so the pipe is never near full and pg_dump never waits for it.
-WRITER = r"""
-import fcntl, hashlib, os, sys, time
-def main():
-    try:
-        size = fcntl.fcntl(0, 1031, 1 << 20)
-    except (OSError, ValueError):
-        size = 1 << 16
-    quarter = size // 4
-    out = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    digest = hashlib.sha256()
-    before = time.monotonic()
-    while True:
-        now = time.monotonic()
-        chunk = os.read(0, size)
-        if not chunk:
-            break
-        digest.update(chunk)
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(out, view):]
-        if len(chunk) < quarter:
-            rate = len(chunk) / max(now - before, 1e-6)
-            time.sleep(min(0.02, quarter / rate))
-        before = now
-    os.close(out)
-    sys.stdout.write(digest.hexdigest() + "  -\n")
-main()
-"""
 
 # Shell function ``W FILE MARKER``: the dump on stdin written to FILE and hashed in the same pass,
 # ``<sha256> ...`` on stdout, MARKER created when FILE was written whole. It returns 0 either way

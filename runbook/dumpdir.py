@@ -6,8 +6,14 @@ line per file, the ``.sha256`` file beside the folder, in ``sha256sum -c`` forma
 check a backup by hand: ``cd BACKUP_DIR && sha256sum -c NAME.dumpdir.sha256``). The backup's single
 sha256 (in the run log, the journal, ``status``) is the sha256 of that manifest.
 
-Each file is hashed once pg_dump has closed it, while the dump goes on: the script polls the
-folder, and a file that no pg_dump process holds open any more (``/proc/PID/fd`` of the job's
+Where the host has ``python3``, one small program (``hostprograms.WATCHER``) runs pg_dump and
+follows its files as they are written: every ``FOLLOW`` s it reads what is new in each, from the
+page cache, into that file's hash, and a file no pg_dump process holds open any more is complete.
+It forks nothing while the dump runs (the open files are read from ``/proc/PID/fd`` of pg_dump and
+its workers), and after the dump only pg_dump's last ``FOLLOW`` s of writes are left to hash.
+
+Without ``python3``, each file is hashed once pg_dump has closed it, while the dump goes on: the
+script polls the folder, and a file that no pg_dump process holds open any more (``/proc/PID/fd`` of the job's
 process group) is complete, since pg_dump writes every file of a directory dump once, from open to
 close. A look at the open files (``pgrep``, ``readlink``: a dozen processes) is taken when a new
 file has appeared (a worker moved on to its next table), else every ``RECHECK`` polls while a file
@@ -16,19 +22,22 @@ overlaps the dump, and reads each file while it is still in the page cache: a du
 host's memory is never read back from disk, unlike a checksum taken after the dump. What is still
 open when pg_dump ends (its last table, often the biggest) is hashed then, from the page cache;
 the run log's ``backup_hashed`` says how many bytes that was. Following a file as it is written
-(``tail -f`` into the hasher) left nothing to hash after the dump, but cost ~1.5 s more CPU per
-220 MB beside pg_dump, more than the ~0.2 s it saved at the end (docs/benchmarks.md). A tar stream
+with ``tail -f`` into the hasher left nothing to hash after the dump, but cost ~1.5 s more CPU per
+220 MB beside pg_dump (a wake-up at every write), more than the ~0.2 s it saved at the end
+(docs/benchmarks.md); the watcher reads twice a second instead. A tar stream
 through ``tee``/``sha256sum`` would hash in the same pass too, but a tar cannot be restored with
 ``pg_restore -j``; ``pg_dump -Fd`` has no hook to hash the bytes it writes.
 
 Everything runs as one host command (the round trip and the password file on its stdin as for a
 custom dump): dump, hashes, ``pg_restore --list``, rename. It needs Linux's ``/proc``, ``pgrep``
-(procps) and GNU coreutils on the host; ``openssl`` hashes faster than ``sha256sum`` where present.
+(procps, without python3) and GNU coreutils on the host; ``openssl`` hashes faster than ``sha256sum``
+where present.
 """
 
 from __future__ import annotations
 
 from .hostcmd import HASHER
+from .hostprograms import WATCHER
 from .transports.base import quote
 
 SUFFIX = ".dumpdir"
@@ -37,6 +46,9 @@ SUFFIX = ".dumpdir"
 # hashed at most RECHECK * POLL s after pg_dump closed it, within POLL s when a new file follows it.
 POLL = 1
 RECHECK = 10
+# How often the watcher (``hostprograms.WATCHER``, where the host has python3) reads what is new
+# in the files: what pg_dump writes in its last FOLLOW s is all that is left to hash after it.
+FOLLOW = 0.5
 
 
 def dump_script(*, folder: str, path: str, pg_dump: str, pg_restore_list: str, name_taken: int) -> str:
@@ -98,16 +110,21 @@ def dump_script(*, folder: str, path: str, pg_dump: str, pg_restore_list: str, n
         "n=0; seen=0; pending=0; idle=0",
         HASHER,
         sweep,
-        # the sweeper hashes while pg_dump writes; stopped the moment pg_dump ends
+        # python3: the watcher runs pg_dump and follows its files as they are written; else the
+        # sweeper hashes the closed files while pg_dump writes, stopped the moment pg_dump ends
+        "if command -v python3 >/dev/null 2>&1; then",
+        f"if python3 -I -S -c {quote(WATCHER)} \"$D\" \"$W\" {FOLLOW} {quote(pg_dump)}; then rc=0; else rc=$?; fi",
+        "else",
         f"( while :; do sweep s; sleep {POLL}; done ) & w=$!",
         f"if {pg_dump}; then rc=0; else rc=$?; fi",
         "kill $w 2>/dev/null || true",
         "wait $w 2>/dev/null || true",
+        "fi",
         "[ $rc -eq 0 ] || exit $rc",
         # what is left now that pg_dump is done (the run log's backup_hashed: bytes hashed after it)
         "seen=-1; sweep f",
         "late=$(cat \"$W\"/sums.f.* 2>/dev/null | cut -d' ' -f2 | (cd \"$D\" && xargs -r stat -c %s) "
-        "| awk '{ s += $1 } END { print s + 0 }')",
+        "| cat - \"$W/late\" 2>/dev/null | awk '{ s += $1 } END { print s + 0 }')",
         # every file hashed exactly once
         "cat \"$W\"/sums.* | cut -d' ' -f2 | LC_ALL=C sort > \"$W/f.done\"",
         "ls -A \"$D\" | LC_ALL=C sort > \"$W/f.ls\"",

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,9 +22,7 @@ import pytest
 
 from runbook import dumpcustom
 from runbook.transports.base import quote
-from tests.fixtures.hostscript import run_script
-
-PYTHON = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+from tests.fixtures.hostscript import NOTING_PYTHON, PYTHON, host_bin, run_script
 
 # A stand-in for pg_dump -Fc writing to stdout: $DATA's first SMALL bytes in pieces of 4 kB (a
 # pause every 32), then the rest at once. FAIL=N exits 1 after N pieces.
@@ -41,28 +37,14 @@ done
 tail -c +$((SMALL + 1)) "$DATA"
 """
 
-# python3 as the host's: the real one, noting that it ran
-WRAPPER = f"#!/bin/sh\necho ran >> \"$USED\"\nexec {PYTHON} \"$@\"\n"
 # python3 that reads a little of the dump and fails
 BROKEN = "#!/bin/sh\nhead -c 100000 > /dev/null\necho 'python3: cannot write' >&2\nexit 1\n"
 
 
 def _host(tmp_path: Path, python: str | None) -> dict[str, str]:
-    """A PATH for the script: a bin folder with the stand-in pg_dump, ``python`` as python3 (none:
-    no python3 at all), and every other program of /usr/bin and /bin."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    ours = {"pg_dump": FAKE_PG_DUMP, "python3": python}
-    for name, text in ours.items():
-        if text is not None:
-            (bindir / name).write_text(text)
-            (bindir / name).chmod(0o755)
-    # the rest linked (never a link named like ours: writing to it would write the real program)
-    for folder in ("/usr/bin", "/bin"):
-        for prog in Path(folder).iterdir():
-            target = bindir / prog.name
-            if prog.name not in ours and not prog.name.startswith("python") and not target.is_symlink():
-                target.symlink_to(prog)
+    """The script's environment: PATH with the stand-in pg_dump and ``python`` as python3 (None:
+    no python3 at all), the dump's bytes (3 MB) in DATA."""
+    bindir = host_bin(tmp_path, {"pg_dump": FAKE_PG_DUMP, **({"python3": python} if python else {})})
     data = os.urandom(3 << 20)
     (tmp_path / "data").write_bytes(data)
     return {"PATH": str(bindir), "DATA": str(tmp_path / "data"), "SMALL": str(1 << 20),
@@ -82,7 +64,7 @@ def test_the_dump_is_written_whole_and_hashed_as_it_is_written(tmp_path: Path, p
     """With python3 on the host (the writer) or without (tee into the hasher): the file holds
     exactly pg_dump's bytes, mode 0600; the script prints their sha256 and size, and the .sha256
     file beside it names the file; no work file is left."""
-    env = _host(tmp_path, WRAPPER if python == "wrapper" else None)
+    env = _host(tmp_path, NOTING_PYTHON if python == "wrapper" else None)
     script, path = _script(tmp_path)
     result = run_script(script, **env)
     assert result.returncode == 0, result.stderr
@@ -100,7 +82,7 @@ def test_the_dump_is_written_whole_and_hashed_as_it_is_written(tmp_path: Path, p
 def test_a_pg_dump_failing_half_way_leaves_nothing(tmp_path: Path, python: str) -> None:
     """pg_dump fails after some of its bytes: the writer has written them and succeeded, so only
     pg_dump's own status (its marker) tells; exit 1 naming pg_dump, no file, no work file."""
-    env = _host(tmp_path, WRAPPER if python == "wrapper" else None)
+    env = _host(tmp_path, NOTING_PYTHON if python == "wrapper" else None)
     script, path = _script(tmp_path)
     result = run_script(script, **env, FAIL="40")
     assert result.returncode == 1, result.stdout + result.stderr

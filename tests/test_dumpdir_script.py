@@ -22,7 +22,7 @@ import pytest
 
 from runbook import dumpdir
 from runbook.transports.base import quote
-from tests.fixtures.hostscript import run_script
+from tests.fixtures.hostscript import NOTING_PYTHON, host_bin, run_script
 
 # A stand-in for pg_dump -Fd, named pg_dump (the script watches the files that the job's processes
 # of that name hold open): the folder, a small file written and closed at once, then table file A
@@ -51,19 +51,18 @@ head -c 700 /dev/urandom > "$1/toc.dat"
 """
 
 
-def _script(tmp_path: Path) -> tuple[str, Path]:
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
+def _script(tmp_path: Path, python: bool) -> tuple[str, Path, dict[str, str]]:
+    """The script, the dump's final path and its environment: PATH with python3 (noting that it
+    ran) when ``python``, else none."""
+    bindir = host_bin(tmp_path, {"pg_dump": FAKE_PG_DUMP, **({"python3": NOTING_PYTHON} if python else {})})
     fake = bindir / "pg_dump"
-    fake.write_text(FAKE_PG_DUMP)
-    fake.chmod(0o755)
     folder = tmp_path / "backups"
     path = folder / "app_prod_20261202T000000Z_0001.dumpdir"
     script = dumpdir.dump_script(folder=str(folder), path=str(path),
                                  pg_dump=f"{quote(str(fake))} {quote(str(path) + '.partial')}",
                                  pg_restore_list=f"test -s {quote(str(path) + '.partial')}/toc.dat",
                                  name_taken=75)
-    return script, path
+    return script, path, {"PATH": str(bindir), "USED": str(tmp_path / "used")}
 
 
 def _checked(result: subprocess.CompletedProcess[str], path: Path) -> int:
@@ -83,27 +82,53 @@ def _checked(result: subprocess.CompletedProcess[str], path: Path) -> int:
     return int(line.split()[1])
 
 
-def test_a_file_closed_when_the_next_one_appears_is_hashed_during_the_dump(tmp_path: Path) -> None:
-    """A (3 MB, open ~2.4 s) is closed as B appears: hashed then. After pg_dump ends only B, open
-    until just before the end, and toc.dat are left to hash."""
-    script, path = _script(tmp_path)
-    late = _checked(run_script(script), path)
-    assert late == (path / "3004.dat.gz").stat().st_size + (path / "toc.dat").stat().st_size
+BOTH = pytest.mark.parametrize("python", [True, False], ids=["watcher", "shell"])
 
 
-def test_a_file_closed_with_no_file_after_it_is_hashed_a_few_polls_later(tmp_path: Path) -> None:
-    """After A, no new file for longer than RECHECK polls: A is hashed during that pause anyway."""
-    script, path = _script(tmp_path)
-    late = _checked(run_script(script, IDLE=str(dumpdir.RECHECK * dumpdir.POLL + 2.5), B_CHUNKS="0"), path)
-    assert late == (path / "3004.dat.gz").stat().st_size + (path / "toc.dat").stat().st_size == 700
+@BOTH
+def test_a_file_closed_when_the_next_one_appears_is_hashed_during_the_dump(tmp_path: Path, python: bool) -> None:
+    """A (3 MB, open ~2.4 s) is closed as B appears: hashed then. After pg_dump ends, the shell
+    sweeper has only B, open until just before the end, and toc.dat left to hash; the watcher
+    (python3) followed B as it was written, so only its last pieces at most."""
+    script, path, env = _script(tmp_path, python)
+    late = _checked(run_script(script, **env), path)
+    tail = (path / "3004.dat.gz").stat().st_size + (path / "toc.dat").stat().st_size
+    if python:
+        assert 0 <= late < (path / "3004.dat.gz").stat().st_size
+    else:
+        assert late == tail
+    assert (tmp_path / "used").exists() == python, "the watcher runs where python3 is, only there"
 
 
+@BOTH
+def test_a_file_closed_with_no_file_after_it_is_hashed_a_few_polls_later(tmp_path: Path, python: bool) -> None:
+    """After A, no new file for longer than RECHECK polls: A is hashed during that pause anyway
+    (the watcher: at its next poll), and only toc.dat, written last, can be left."""
+    script, path, env = _script(tmp_path, python)
+    late = _checked(run_script(script, **env, IDLE=str(dumpdir.RECHECK * dumpdir.POLL + 2.5), B_CHUNKS="0"), path)
+    assert (path / "3004.dat.gz").stat().st_size == 0
+    assert late <= 700 if python else late == 700
+
+
+@BOTH
 @pytest.mark.parametrize("fail", [1, 8])
-def test_a_pg_dump_failing_half_way_leaves_nothing(tmp_path: Path, fail: int) -> None:
+def test_a_pg_dump_failing_half_way_leaves_nothing(tmp_path: Path, fail: int, python: bool) -> None:
     """pg_dump fails with a table's file open (at once, or after a look or two): its exit status
     comes back, and no folder, work file or process of the dump remains."""
-    script, path = _script(tmp_path)
-    result = run_script(script, FAIL=str(fail))
+    script, path, env = _script(tmp_path, python)
+    result = run_script(script, **env, FAIL=str(fail))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "connection lost" in result.stderr
+    assert not path.exists() and list(path.parent.iterdir()) == []
+
+
+@BOTH
+def test_a_file_pg_dump_would_not_write_stops_the_dump(tmp_path: Path, python: bool) -> None:
+    """A name outside pg_dump's own (letters, digits, dot, underscore) appears in the folder: the
+    dump stops with exit 1 naming it, pg_dump included, and nothing is left."""
+    script, path, env = _script(tmp_path, python)
+    odd = f"{path}.partial/x y.dat"
+    result = run_script(f"( sleep 1; : > {quote(odd)} ) & {script}", **env)
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "unexpected file in the dump folder" in result.stderr
     assert not path.exists() and list(path.parent.iterdir()) == []
