@@ -1088,13 +1088,16 @@ def test_13_bigdb_directory_backup_and_swap_restore(bench: Bench, report: Report
             f"(`-Fd -j {BIG_JOBS}`, default compression).",
             "",
             f"- runbook `prod backup` with `backup: {{format: directory, jobs: {BIG_JOBS}}}` (SSH login, "
-            f"pg_dump -Fd -j {BIG_JOBS} with each file hashed after pg_dump closes it, pg_restore --list, the "
+            f"pg_dump -Fd -j {BIG_JOBS} with each file hashed as it is written (the watcher, python3 on the "
+            f"host), pg_restore --list, the "
             f"manifest, rename, prune): {fmt_s(m_ours)} (runs: {spread(ours)})",
             f"- raw `pg_dump -Fd -j {BIG_JOBS}` run on the host as the deploy user: {fmt_s(m_raw)} "
             f"(runs: {spread(raw)})",
             f"- runbook − raw: {m_ours - m_raw:+.3f} s ({pct(m_ours, m_raw)})",
-            f"- left to hash once pg_dump had ended (run log `backup_hashed`: what was still open at its "
-            f"end; the other files were hashed during the dump): "
+            f"- paired (runbook − raw, run i against run i, the order alternating): median "
+            f"{median([a - b for a, b in zip(ours, raw)]):+.3f} s",
+            f"- left to hash once pg_dump had ended (run log `backup_hashed`; the rest was hashed during "
+            f"the dump): "
             + (", ".join(f"{b / 1048576:.1f} MB" for b in late) if late else "not reported"),
             f"- load average (1 min) before each run: {loads_line(loads)}",
             "",
