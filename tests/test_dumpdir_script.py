@@ -125,7 +125,8 @@ def test_a_pg_dump_failing_half_way_leaves_nothing(tmp_path: Path, fail: int, py
 @BOTH
 def test_a_file_pg_dump_would_not_write_stops_the_dump(tmp_path: Path, python: bool) -> None:
     """A name outside pg_dump's own (letters, digits, dot, underscore) appears in the folder: the
-    dump stops with exit 1 naming it, pg_dump included, and nothing is left."""
+    backup fails naming it (the watcher at once, stopping pg_dump; the shell sweeper once pg_dump
+    has ended), and nothing is left."""
     script, path, env = _script(tmp_path, python)
     odd = f"{path}.partial/x y.dat"
     result = run_script(f"( sleep 1; : > {quote(odd)} ) & {script}", **env)
