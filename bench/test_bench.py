@@ -1059,15 +1059,19 @@ def test_13_bigdb_directory_backup_and_swap_restore(bench: Bench, report: Report
         _clear_all(folder)
         raw_dir = f"{folder}/raw.dumpdir"
         raw_dump = bench.as_host_user(["pg_dump", "-Fd", "-j", str(BIG_JOBS), *bench.conn_args(), "-f", raw_dir])
+        # the same raw pg_dump started through the OpenSSH client, in an SSH session as runbook's is
+        ssh_dump = [*bench.ssh_argv(), f"PGPASSFILE=$HOME/{bench.host_pgpass.name} "
+                    + quote("pg_dump", "-Fd", "-j", str(BIG_JOBS), *bench.conn_args(), "-f", raw_dir)]
         timed(bench.as_host_user(["mkdir", "-p", str(folder)]), quiet=False).check("mkdir")
         timed(raw_dump, env=bench.host_env()).check("pg_dump -Fd")  # warm-up: page cache
         ours: list[float] = []
         raw: list[float] = []
+        over_ssh: list[float] = []
         our_phases: list[dict[str, float]] = []
-        loads: dict[str, list[float]] = {"runbook": [], "raw": []}
+        loads: dict[str, list[float]] = {"runbook": [], "raw": [], "ssh": []}
         late: list[int] = []  # bytes still to hash once pg_dump had ended (the run log's backup_hashed)
         for i in range(RUNS):
-            for who in (("runbook", "raw") if i % 2 == 0 else ("raw", "runbook")):
+            for who in (("runbook", "raw", "ssh") if i % 2 == 0 else ("ssh", "raw", "runbook")):
                 _clear_all(folder)
                 loads[who].append(load1())
                 if who == "runbook":
@@ -1075,8 +1079,10 @@ def test_13_bigdb_directory_backup_and_swap_restore(bench: Bench, report: Report
                     ours.append(r.wall)
                     our_phases.append(phases(started, r.wall, events))
                     late.extend(e["after_dump_bytes"] for e in events if e.get("event") == "backup_hashed")
-                else:
+                elif who == "raw":
                     raw.append(timed(raw_dump, env=bench.host_env()).check("raw pg_dump -Fd").wall)
+                else:
+                    over_ssh.append(timed(ssh_dump).check("ssh pg_dump -Fd").wall)
         _clear_all(folder)
         run_runbook(bench, "prod", "backup", what="backup (directory)")
         (backup,) = sorted(folder.glob("*.dumpdir"))
@@ -1093,9 +1099,14 @@ def test_13_bigdb_directory_backup_and_swap_restore(bench: Bench, report: Report
             f"manifest, rename, prune): {fmt_s(m_ours)} (runs: {spread(ours)})",
             f"- raw `pg_dump -Fd -j {BIG_JOBS}` run on the host as the deploy user: {fmt_s(m_raw)} "
             f"(runs: {spread(raw)})",
-            f"- runbook − raw: {m_ours - m_raw:+.3f} s ({pct(m_ours, m_raw)})",
-            f"- paired (runbook − raw, run i against run i, the order alternating): median "
-            f"{median([a - b for a, b in zip(ours, raw)]):+.3f} s",
+            f"- `ssh host pg_dump -Fd -j {BIG_JOBS}` (the raw dump started by the OpenSSH client, in an SSH "
+            f"session as runbook's is; for reference): {fmt_s(median(over_ssh))} (runs: {spread(over_ssh)})",
+            f"- runbook − raw: {m_ours - m_raw:+.3f} s ({pct(m_ours, m_raw)}); ssh pg_dump − raw: "
+            f"{median(over_ssh) - m_raw:+.3f} s ({pct(median(over_ssh), m_raw)})",
+            f"- paired (run i against run i, the order alternating): runbook − raw median "
+            f"{median([a - b for a, b in zip(ours, raw)]):+.3f} s, ssh pg_dump − raw median "
+            f"{median([a - b for a, b in zip(over_ssh, raw)]):+.3f} s, runbook − ssh pg_dump median "
+            f"{median([a - b for a, b in zip(ours, over_ssh)]):+.3f} s",
             f"- left to hash once pg_dump had ended (run log `backup_hashed`; the rest was hashed during "
             f"the dump): "
             + (", ".join(f"{b / 1048576:.1f} MB" for b in late) if late else "not reported"),
