@@ -320,6 +320,12 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+def paired(ours: Sequence[float], theirs: Sequence[float]) -> list[float]:
+    """Run i against run i (the order alternates between runs): steadier than a difference of
+    medians when single runs spread by seconds."""
+    return [a - b for a, b in zip(ours, theirs)]
+
+
 def fmt_s(seconds: float) -> str:
     return f"{seconds:.3f} s" if seconds < 10 else f"{seconds:.2f} s"
 

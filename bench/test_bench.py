@@ -27,7 +27,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from benchlib import (ALEMBIC, ROOT, RUNBOOK, RUNS, Bench, Report, Timed, children_cpu, fmt_s, load1,
-                      load_events, loads_line, median, quote, spread, steal_line, timed, wait_quiet)
+                      load_events, loads_line, median, paired, quote, spread, steal_line, timed, wait_quiet)
 
 pytestmark = pytest.mark.timeout(3600)
 
@@ -303,7 +303,7 @@ def test_3_migrate_vs_hand(bench: Bench, report: Report) -> None:
         f"- by hand (ssh -M -L tunnel, ssh pg_dump -Fc, psql lock check, `alembic upgrade head` CLI "
         f"through the tunnel, psql verification): {fmt_s(m_theirs)} (runs: {spread(theirs)})",
         f"- difference of the medians: {m_ours - m_theirs:+.3f} s ({pct(m_ours, m_theirs)}); median of "
-        f"the paired differences (run i vs run i): {median([a - b for a, b in zip(ours, theirs)]):+.3f} s",
+        f"the paired differences (run i vs run i): {median(paired(ours, theirs)):+.3f} s",
         f"- CPU time on the control machine (user + system; the pg_dump on the host is the same work for "
         f"both and not in it): runbook process {median(our_cpu):.3f} s, the script's ssh/psql/alembic "
         f"processes {median(their_cpu):.3f} s",
@@ -364,7 +364,7 @@ def test_4_backup_vs_pg_dump(bench: Bench, report: Report) -> None:
     bench.clear_backups()
     m_ours, m_raw = median(ours), median(raw)
     m_ssh = median(over_ssh) if over_ssh else float("nan")
-    pairs = [a - b for a, b in zip(ours, raw)]
+    pairs = paired(ours, raw)
     # The overhead has a fixed part (interpreter, imports, SSH, plan, prune) and a part that grows with
     # the dump (sha256sum and pg_restore --list read it back): when is it within 3%?
     hashing = ossl if ossl is not None else sha  # what the backup script runs (openssl, else sha256sum)
@@ -1104,9 +1104,9 @@ def test_13_bigdb_directory_backup_and_swap_restore(bench: Bench, report: Report
             f"- runbook − raw: {m_ours - m_raw:+.3f} s ({pct(m_ours, m_raw)}); ssh pg_dump − raw: "
             f"{median(over_ssh) - m_raw:+.3f} s ({pct(median(over_ssh), m_raw)})",
             f"- paired (run i against run i, the order alternating): runbook − raw median "
-            f"{median([a - b for a, b in zip(ours, raw)]):+.3f} s, ssh pg_dump − raw median "
-            f"{median([a - b for a, b in zip(over_ssh, raw)]):+.3f} s, runbook − ssh pg_dump median "
-            f"{median([a - b for a, b in zip(ours, over_ssh)]):+.3f} s",
+            f"{median(paired(ours, raw)):+.3f} s, ssh pg_dump − raw median "
+            f"{median(paired(over_ssh, raw)):+.3f} s, runbook − ssh pg_dump median "
+            f"{median(paired(ours, over_ssh)):+.3f} s",
             f"- left to hash once pg_dump had ended (run log `backup_hashed`; the rest was hashed during "
             f"the dump): "
             + (", ".join(f"{b / 1048576:.1f} MB" for b in late) if late else "not reported"),
