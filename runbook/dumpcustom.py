@@ -21,14 +21,14 @@ wake-ups"). pg_dump's and the writer's success are markers beside the file (``sh
 from __future__ import annotations
 
 from .hostcmd import HASHER, cleanup_trap
-from .hostprograms import WRITER
+from .hostprograms import HAS_PYTHON, WRITER, python
 from .transports.base import quote
 
 # Shell function ``W FILE MARKER``: the dump on stdin written to FILE and hashed in the same pass,
 # ``<sha256> ...`` on stdout, MARKER created when FILE was written whole. It returns 0 either way
 # (the script's ``set -e`` would end it before it could say which side failed).
-SAME_PASS = (HASHER + "; if command -v python3 >/dev/null 2>&1; then "
-             f"W() {{ if python3 -I -S -c {quote(WRITER)} \"$1\"; then : > \"$2\"; fi; }}; "
+SAME_PASS = (f"{HASHER}; if {HAS_PYTHON}; then "
+             f"W() {{ if {python(WRITER)} \"$1\"; then : > \"$2\"; fi; }}; "
              "else W() { { tee \"$1\" && : > \"$2\"; } | h; }; fi")
 
 

@@ -37,7 +37,7 @@ where present.
 from __future__ import annotations
 
 from .hostcmd import HASHER
-from .hostprograms import WATCHER
+from .hostprograms import HAS_PYTHON, WATCHER, python
 from .transports.base import quote
 
 SUFFIX = ".dumpdir"
@@ -112,8 +112,8 @@ def dump_script(*, folder: str, path: str, pg_dump: str, pg_restore_list: str, n
         sweep,
         # python3: the watcher runs pg_dump and follows its files as they are written; else the
         # sweeper hashes the closed files while pg_dump writes, stopped the moment pg_dump ends
-        "if command -v python3 >/dev/null 2>&1; then",
-        f"if python3 -I -S -c {quote(WATCHER)} \"$D\" \"$W\" {FOLLOW} {quote(pg_dump)}; then rc=0; else rc=$?; fi",
+        f"if {HAS_PYTHON}; then",
+        f"if {python(WATCHER)} \"$D\" \"$W\" {FOLLOW} {quote(pg_dump)}; then rc=0; else rc=$?; fi",
         "else",
         f"( while :; do sweep s; sleep {POLL}; done ) & w=$!",
         f"if {pg_dump}; then rc=0; else rc=$?; fi",

@@ -6,6 +6,21 @@ A host without ``python3`` gets the shell version of each (``tee`` into the hash
 loop of ``dumpdir``), which does the same work with more CPU beside pg_dump (docs/benchmarks.md).
 """
 
+from __future__ import annotations
+
+from .transports.base import quote
+
+# A shell test: whether the host can run these programs (the script then uses them, else its
+# shell version).
+HAS_PYTHON = "command -v python3 >/dev/null 2>&1"
+
+
+def python(program: str) -> str:
+    """The shell words that run ``program`` on the host's python3 (its arguments to follow), with
+    ``-I -S``: no user site, no ``PYTHON*`` variables of the login user."""
+    return "python3 -I -S -c " + quote(program)
+
+
 # The same-pass writer, run as ``python3 -I -S -c WRITER FILE`` with the dump on its stdin: writes
 # FILE (0600), prints ``<sha256>  -``. Python 3.4+ and Linux's F_SETPIPE_SZ (elsewhere the pipe
 # keeps its size and the program works the same). After a read that found the pipe less than a

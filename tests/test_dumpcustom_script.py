@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from runbook import dumpcustom
+from runbook import dumpcustom, hostprograms
 from runbook.transports.base import quote
 from tests.fixtures.hostscript import NOTING_PYTHON, PYTHON, host_bin, run_script
 
@@ -108,7 +108,7 @@ def test_the_writer_reads_a_slow_dump_in_few_reads(tmp_path: Path) -> None:
     apart, take it a few dozen reads (counted by the kernel, /proc/PID/io), and the bytes it writes
     and hashes are all of them."""
     out = tmp_path / "dump"
-    proc = subprocess.Popen([PYTHON, "-I", "-S", "-c", dumpcustom.WRITER, str(out)], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([PYTHON, "-I", "-S", "-c", hostprograms.WRITER, str(out)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=False)
     assert proc.stdin is not None
     pieces = [os.urandom(4096) for _ in range(1000)]
