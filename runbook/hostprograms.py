@@ -62,10 +62,11 @@ main()
 # ``<sha256> <name>`` line appended to WORK/sums.p, once it was in no pg_dump process's open files
 # (``/proc/PID/fd`` of the leader and its workers) *before* it was read to its end: pg_dump -Fd
 # writes every file once, from open to close. After pg_dump ends, the rest of every file is read
-# and WORK/late gets how many bytes that was. Exits with pg_dump's status (at once when it failed);
-# a file name pg_dump would not write ends it with 1, pg_dump stopped.
+# and WORK/late gets how many bytes that was. Between looks it waits for pg_dump to exit, so it
+# goes on the moment pg_dump ends, not up to POLL s later at its next look. Exits with pg_dump's
+# status (at once when it failed); a file name pg_dump would not write ends it with 1, pg_dump stopped.
 WATCHER = r"""
-import hashlib, os, subprocess, sys, time
+import hashlib, os, subprocess, sys
 OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._")
 def dumpers(leader):
     try:
@@ -134,7 +135,10 @@ def watch(leader, prefix, work, poll):
             with open(work + "/late", "w") as out:
                 out.write("%d\n" % late)
             return 0
-        time.sleep(poll)
+        try:
+            leader.wait(poll)  # the next look, or at once when pg_dump ends
+        except subprocess.TimeoutExpired:
+            pass
 def main():
     folder, work, poll = os.path.realpath(sys.argv[1]), sys.argv[2], float(sys.argv[3])
     leader = subprocess.Popen(["sh", "-c", "exec " + sys.argv[4]])
