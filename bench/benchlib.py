@@ -633,6 +633,11 @@ class Bench:
             return [*setsid, "runuser", "-u", self.sshd.user, "--", *argv]
         return [*setsid, *argv]
 
+    def over_ssh(self, argv: Sequence[str], *ssh_options: str) -> list[str]:
+        """The same command started through the OpenSSH client, in an SSH session on the "host" as
+        runbook's are, with the bench's password file there: the raw tools "scripted by hand"."""
+        return [*self.ssh_argv(*ssh_options), f"PGPASSFILE=$HOME/{self.host_pgpass.name} " + quote(*argv)]
+
     def host_env(self) -> dict[str, str]:
         return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.host_home),
                 "PGPASSFILE": str(self.host_pgpass), "LANG": "C.UTF-8"}

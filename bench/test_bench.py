@@ -232,9 +232,9 @@ def hand_migrate(bench: Bench) -> tuple[float, dict[str, float], float]:
                     pytest.fail(f"ssh -L exited: {master.stderr.read().decode() if master.stderr else ''}")
                 time.sleep(0.005)
         marks["ssh connection + tunnel"] = time.perf_counter()
-        remote = (f"PGPASSFILE=$HOME/{bench.host_pgpass.name} pg_dump -Fc -h {srv.host} -p {srv.port} "
-                  f"-U {srv.user} -d {bench.dbs.name} --no-password -f {quote(dump)}")
-        subprocess.run([*bench.ssh_argv("-S", ctl), remote], check=True, stdin=subprocess.DEVNULL)
+        remote = ["pg_dump", "-Fc", "-h", srv.host, "-p", str(srv.port), "-U", srv.user, "-d", bench.dbs.name,
+                  "--no-password", "-f", dump]
+        subprocess.run(bench.over_ssh(remote, "-S", ctl), check=True, stdin=subprocess.DEVNULL)
         marks["pg_dump on the host (ssh)"] = time.perf_counter()
         subprocess.run([*psql, "-c", lock_check_sql()], check=True, env=psql_env, capture_output=True)
         marks["psql lock check"] = time.perf_counter()
@@ -327,9 +327,9 @@ def test_4_backup_vs_pg_dump(bench: Bench, report: Report) -> None:
     bench.dbs.reset("big1")
     bench.clear_backups()
     raw_path = f"{bench.project.backup_dir}/raw.dump"
-    raw_cmd = bench.as_host_user(["pg_dump", "-Fc", *bench.conn_args(), "-f", raw_path])
-    ssh_cmd = [*bench.ssh_argv(), f"PGPASSFILE=$HOME/{bench.host_pgpass.name} "
-               + quote("pg_dump", "-Fc", *bench.conn_args(), "-f", raw_path)]
+    dump = ["pg_dump", "-Fc", *bench.conn_args(), "-f", raw_path]
+    raw_cmd = bench.as_host_user(dump)
+    ssh_cmd = bench.over_ssh(dump)
     ours: list[float] = []
     raw: list[float] = []
     over_ssh: list[float] = []
@@ -1058,10 +1058,9 @@ def test_13_bigdb_directory_backup_and_swap_restore(bench: Bench, report: Report
         bench.dbs.reset("big1")
         _clear_all(folder)
         raw_dir = f"{folder}/raw.dumpdir"
-        raw_dump = bench.as_host_user(["pg_dump", "-Fd", "-j", str(BIG_JOBS), *bench.conn_args(), "-f", raw_dir])
-        # the same raw pg_dump started through the OpenSSH client, in an SSH session as runbook's is
-        ssh_dump = [*bench.ssh_argv(), f"PGPASSFILE=$HOME/{bench.host_pgpass.name} "
-                    + quote("pg_dump", "-Fd", "-j", str(BIG_JOBS), *bench.conn_args(), "-f", raw_dir)]
+        dump = ["pg_dump", "-Fd", "-j", str(BIG_JOBS), *bench.conn_args(), "-f", raw_dir]
+        raw_dump = bench.as_host_user(dump)
+        ssh_dump = bench.over_ssh(dump)  # the same raw pg_dump, in an SSH session as runbook's is
         timed(bench.as_host_user(["mkdir", "-p", str(folder)]), quiet=False).check("mkdir")
         timed(raw_dump, env=bench.host_env()).check("pg_dump -Fd")  # warm-up: page cache
         ours: list[float] = []

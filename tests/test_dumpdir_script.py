@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -141,8 +142,6 @@ def test_the_watcher_goes_on_when_pg_dump_ends_not_at_its_next_look(tmp_path: Pa
     apart and a dump of about a second, the script is done well before the next look would be,
     the dump complete and its manifest right. (Sleeping, it took the whole 45 s; in the bench the
     average cost was half of the real FOLLOW after every dump.)"""
-    import time
-
     monkeypatch.setattr(dumpdir, "FOLLOW", 45)
     script, path, env = _script(tmp_path, True)
     started = time.monotonic()
