@@ -29,7 +29,10 @@ through ``tee``/``sha256sum`` would hash in the same pass too, but a tar cannot 
 ``pg_restore -j``; ``pg_dump -Fd`` has no hook to hash the bytes it writes.
 
 Everything runs as one host command (the round trip and the password file on its stdin as for a
-custom dump): dump, hashes, ``pg_restore --list``, rename. It needs Linux's ``/proc``, ``pgrep``
+custom dump): dump, hashes, ``pg_restore --list``, rename. With python3, ``pg_restore --list`` is
+the one beside the pg_dump program that ran (the watcher saw it in ``/proc``): where ``pg_dump`` on
+PATH is Debian's ``pg_wrapper`` (a Perl script that picks a version and execs it), that skips
+~50 ms of Perl after the dump, and reads the dump with the release that wrote it. It needs Linux's ``/proc``, ``pgrep``
 (procps, without python3) and GNU coreutils on the host; ``openssl`` hashes faster than ``sha256sum``
 where present.
 """
@@ -108,30 +111,35 @@ def dump_script(*, folder: str, path: str, pg_dump: str, pg_restore_list: str, n
         f"W={quote(work)}",
         "mkdir \"$W\"",
         "n=0; seen=0; pending=0; idle=0",
-        HASHER,
         sweep,
         # python3: the watcher runs pg_dump and follows its files as they are written; else the
         # sweeper hashes the closed files while pg_dump writes, stopped the moment pg_dump ends
+        # (the run log's backup_hashed: the bytes hashed after pg_dump ended, in $late)
         f"if {HAS_PYTHON}; then",
         f"if {python(WATCHER)} \"$D\" \"$W\" {FOLLOW} {quote(pg_dump)}; then rc=0; else rc=$?; fi",
+        "[ $rc -eq 0 ] || exit $rc",
+        "read late < \"$W/late\"",
+        # pg_restore --list from pg_dump's own folder, past a wrapper (hostprograms.WATCHER)
+        "if [ -s \"$W/bin\" ]; then read b < \"$W/bin\"; [ ! -x \"$b/pg_restore\" ] || PATH=\"$b:$PATH\"; fi",
         "else",
+        HASHER,
         f"( while :; do sweep s; sleep {POLL}; done ) & w=$!",
         f"if {pg_dump}; then rc=0; else rc=$?; fi",
         "kill $w 2>/dev/null || true",
         "wait $w 2>/dev/null || true",
-        "fi",
         "[ $rc -eq 0 ] || exit $rc",
-        # what is left now that pg_dump is done (the run log's backup_hashed: bytes hashed after it)
+        # what is left now that pg_dump is done
         "seen=-1; sweep f",
         "late=$(cat \"$W\"/sums.f.* 2>/dev/null | cut -d' ' -f2 | (cd \"$D\" && xargs -r stat -c %s) "
-        "| cat - \"$W/late\" 2>/dev/null | awk '{ s += $1 } END { print s + 0 }')",
+        "| awk '{ s += $1 } END { print s + 0 }')",
+        "fi",
         # every file hashed exactly once
         "cat \"$W\"/sums.* | cut -d' ' -f2 | LC_ALL=C sort > \"$W/f.done\"",
         "ls -A \"$D\" | LC_ALL=C sort > \"$W/f.ls\"",
         "if ! cmp -s \"$W/f.ls\" \"$W/f.done\"; then echo 'runbook: the manifest does not match the dump folder' >&2; exit 1; fi",
         pg_restore_list,
         f"cat \"$W\"/sums.* | LC_ALL=C sort -k2 | N={quote(name)} awk '{{ print $1 \"  \" ENVIRON[\"N\"] \"/\" $2 }}' > \"$W/manifest\"",
-        "sum=$(h \"$W/manifest\" | cut -d' ' -f1)",
+        "sum=$(sha256sum < \"$W/manifest\" | cut -d' ' -f1)",  # a few kB: sha256sum starts faster than openssl
         "[ ${#sum} -eq 64 ]",
         "size=$(du -sb \"$D\" | cut -f1)",
         f"mv \"$D\" {quote(path)}",

@@ -15,6 +15,7 @@ checks that no process of that session outlives it.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -22,8 +23,10 @@ from pathlib import Path
 import pytest
 
 from runbook import dumpdir
+from runbook.postgres import pg_restore_list_cmd
 from runbook.transports.base import quote
 from tests.fixtures.hostscript import NOTING_PYTHON, host_bin, run_script
+from tests.fixtures.pg import PgDatabase
 
 # A stand-in for pg_dump -Fd, named pg_dump (the script watches the files that the job's processes
 # of that name hold open): the folder, a small file written and closed at once, then table file A
@@ -150,3 +153,34 @@ def test_the_watcher_goes_on_when_pg_dump_ends_not_at_its_next_look(tmp_path: Pa
     _checked(result, path)
     assert (tmp_path / "used").exists(), "the watcher ran"
     assert took < 30, f"the script took {took:.1f} s: it waited for its next look"
+
+
+@pytest.mark.parametrize("beside", [True, False], ids=["pg_restore-beside-pg_dump", "none-beside"])
+def test_pg_restore_list_comes_from_the_installation_of_the_pg_dump_that_ran(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_db: PgDatabase, beside: bool) -> None:
+    """``pg_dump`` on PATH is a wrapper that execs the real program (as Debian's Perl pg_wrapper
+    does, ~50 ms a start): the dump's ``pg_restore --list`` runs from the real pg_dump's folder,
+    not through the wrapper; where that folder has no pg_restore, the one on PATH. A real
+    ``pg_dump -Fd -j 2`` of a real database, looked at every 20 ms."""
+    monkeypatch.setattr(dumpdir, "FOLLOW", 0.02)
+    server = pg_db.server
+    real = server.bindir
+    if not beside:  # a pg_dump alone in its folder
+        real = tmp_path / "alone"
+        real.mkdir()
+        shutil.copy2(server.bindir / "pg_dump", real / "pg_dump")
+    used = tmp_path / "wrapper-pg_restore"
+    bindir = host_bin(tmp_path, {
+        "pg_dump": f"#!/bin/sh\nexec {quote(str(real / 'pg_dump'))} \"$@\"\n",
+        "pg_restore": f"#!/bin/sh\necho ran >> {quote(str(used))}\nexec {quote(str(server.bindir / 'pg_restore'))} \"$@\"\n",
+        "python3": NOTING_PYTHON})
+    folder = tmp_path / "backups"
+    path = folder / "app_prod_20261202T000000Z_0001.dumpdir"
+    dump = quote("pg_dump", "-Fd", "-j", "2", "-h", str(server.socket_dir), "-p", str(server.port),
+                 "-U", server.superuser, "-f", str(path) + ".partial", pg_db.name)
+    script = dumpdir.dump_script(folder=str(folder), path=str(path), pg_dump=dump,
+                                 pg_restore_list=pg_restore_list_cmd(str(path) + ".partial"), name_taken=75)
+    _checked(run_script(script, PATH=str(bindir), USED=str(tmp_path / "used")), path)
+    assert (tmp_path / "used").exists(), "the watcher ran"
+    assert (path / "toc.dat").exists()
+    assert used.exists() != beside, "the wrapper's pg_restore ran" if beside else "PATH's pg_restore did not run"
