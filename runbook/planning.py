@@ -59,7 +59,7 @@ def _plan(inventory_path: Path, env_name: str, playbook_name: str, options: Any,
     # status and checklist are built in: read-only, no run lock, no journal of their own
     pb = None if playbook_name in READ_ONLY else playbook.load(playbook.find(playbook_name, inv.path.parent))
     known["playbook"] = pb
-    if pb is not None and not options.dry_run:
+    if pb is not None and not options.dry_run and env.config.notify:  # (urllib: only when it sends)
         from .notify import check
 
         check(env, inv)  # the webhook's variable, before a refusal would need it

@@ -4,7 +4,8 @@
 - structlog is imported without rich's traceback and pretty-printer (``runbook/__init__.py``), which
   stay importable for anyone else afterwards;
 - a ``backup`` run (real PostgreSQL behind the test sshd) never loads the SQL parser (pglast) or the
-  migrate step, and a ``migrate`` run does: the check that the first is not vacuous.
+  migrate step, and a ``migrate`` run does: the check that the first is not vacuous; without a
+  webhook it loads no HTTP client (``runbook.notify``, ``urllib.request``).
 
 The modules are read from the run itself: a ``sitecustomize`` writes ``sys.modules`` at its exit.
 """
@@ -51,6 +52,7 @@ def test_a_backup_run_loads_no_sql_parser_and_a_migrate_run_does(project: Projec
     assert len(project.backups()) == 1
     assert "runbook.steps.backup" in loaded, "the module list was not written by the run"
     assert not {"pglast", "runbook.steps.migrate", "runbook.lint.preflight", "alembic"} & loaded
+    assert not {"runbook.notify", "urllib.request"} & loaded, "no webhook configured: no HTTP client"
 
     loaded = _modules_of_run(project, tmp_path, "prod", "migrate")
     assert project.db.alembic_version() == {"0002"}
