@@ -32,9 +32,9 @@ Everything runs as one host command (the round trip and the password file on its
 custom dump): dump, hashes, ``pg_restore --list``, rename. With python3, ``pg_restore --list`` is
 the one beside the pg_dump program that ran (the watcher saw it in ``/proc``): where ``pg_dump`` on
 PATH is Debian's ``pg_wrapper`` (a Perl script that picks a version and execs it), that skips
-~50 ms of Perl after the dump, and reads the dump with the release that wrote it. It needs Linux's ``/proc``, ``pgrep``
-(procps, without python3) and GNU coreutils on the host; ``openssl`` hashes faster than ``sha256sum``
-where present.
+~50 ms of Perl after the dump, and reads the dump with the release that wrote it. It needs Linux's
+``/proc``, ``pgrep`` (procps, without python3) and GNU coreutils on the host; ``openssl`` hashes
+faster than ``sha256sum`` where present (the shell sweeper).
 """
 
 from __future__ import annotations
@@ -110,8 +110,6 @@ def dump_script(*, folder: str, path: str, pg_dump: str, pg_restore_list: str, n
         f"D=\"$(cd {quote(folder)} && pwd -P)\"/{quote(name + '.partial')}",
         f"W={quote(work)}",
         "mkdir \"$W\"",
-        "n=0; seen=0; pending=0; idle=0",
-        sweep,
         # python3: the watcher runs pg_dump and follows its files as they are written; else the
         # sweeper hashes the closed files while pg_dump writes, stopped the moment pg_dump ends
         # (the run log's backup_hashed: the bytes hashed after pg_dump ended, in $late)
@@ -123,6 +121,8 @@ def dump_script(*, folder: str, path: str, pg_dump: str, pg_restore_list: str, n
         "if [ -s \"$W/bin\" ]; then read b < \"$W/bin\"; [ ! -x \"$b/pg_restore\" ] || PATH=\"$b:$PATH\"; fi",
         "else",
         HASHER,
+        "n=0; seen=0; pending=0; idle=0",
+        sweep,
         f"( while :; do sweep s; sleep {POLL}; done ) & w=$!",
         f"if {pg_dump}; then rc=0; else rc=$?; fi",
         "kill $w 2>/dev/null || true",
